@@ -1,0 +1,35 @@
+"""What every task shares: user errors become one line and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from invoke.exceptions import Exit
+
+from kcdev.errors import UserError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def one_line_errors(func: F) -> F:
+    """Turn UserError (and Ctrl-C) into `error: ...` on stderr and exit status 1 (130)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            raise Exit(code=1) from None
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr, flush=True)
+            raise Exit(code=130) from None
+
+    return wrapper  # type: ignore[return-value]

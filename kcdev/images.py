@@ -1,0 +1,206 @@
+"""Building the stack's images with or without a container registry.
+
+Where a registry is reachable the Dockerfiles build on the official base images. Where none is
+(air-gapped machines, CI here), the same Dockerfiles build on a local base image made from Debian
+packages with debootstrap and `docker import`, passed in through the base-image build arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from kcdev import paths
+from kcdev.compose import ComposeProject
+from kcdev.docker_cli import Docker, last_line, run_subprocess
+from kcdev.errors import UserError
+from kcdev.settings import Settings
+
+# Official bases (registry mode). Bookworm everywhere, so both modes run the same Debian release.
+PYTHON_BASE = "python:3.11-slim-bookworm"
+REDIS_BASE = "redis:7.4-bookworm"
+CUDA_BASE = "nvidia/cuda:12.6.3-devel-ubuntu22.04"
+
+# The local base (registry-less mode): what the official bases provide, from Debian's packages.
+LOCAL_BASE = "kc-devenv/base:bookworm"
+LOCAL_BASE_PACKAGES = (
+    "ca-certificates",
+    "curl",
+    "python3",
+    "python3-venv",
+    "redis-server",
+    "libgomp1",
+)
+
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+REDIS_IMAGE = "kc-devenv/redis:7.4"
+LLAMACPP_IMAGE = f"kc-devenv/llamacpp:{LLAMA_CPP_PYTHON_VERSION}"
+EMPTY_CA_BUNDLE = paths.DOCKER_DIR / "no-extra-ca.pem"
+SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """Which base images the build uses, and the variables that hand them to compose."""
+
+    source: str  # "registry" or "local"
+    reason: str
+    environment: Mapping[str, str]
+
+
+def resolve_source(settings: Settings, docker: Docker) -> tuple[str, str]:
+    """Registry or local mode, and why; IMAGE_SOURCE forces it, otherwise it is detected.
+
+    Detection asks the daemon, not the network: the official bases already present mean registry
+    mode; otherwise one `docker pull` of the smallest base decides (it is needed in that mode
+    anyway, and fails at once where no registry resolves).
+    """
+    if settings.image_source != "auto":
+        return settings.image_source, "IMAGE_SOURCE=" + settings.image_source
+    if docker.image_exists(PYTHON_BASE) and docker.image_exists(REDIS_BASE):
+        return "registry", "official base images present"
+    pulled = docker.run("pull", "--quiet", REDIS_BASE, timeout=300)
+    if pulled.returncode == 0:
+        return "registry", f"pulled {REDIS_BASE}"
+    return "local", f"no registry ({last_line(pulled.stderr) or 'docker pull failed'})"
+
+
+def ca_bundle(settings: Settings, environ: Mapping[str, str] = os.environ) -> Path:
+    """The CA bundle handed to builds as a BuildKit secret; an empty file means none."""
+    choice = settings.build_ca_bundle
+    if choice == "none":
+        return EMPTY_CA_BUNDLE
+    if choice != "auto":
+        path = Path(choice).expanduser()
+        if not path.is_file():
+            raise UserError(
+                f"BUILD_CA_BUNDLE={choice} is not a file: point it at a PEM bundle or use none"
+            )
+        return path.resolve()
+    for var in ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+        if environ.get(var) and Path(environ[var]).is_file():
+            return Path(environ[var]).resolve()
+    return SYSTEM_CA_BUNDLE if SYSTEM_CA_BUNDLE.is_file() else EMPTY_CA_BUNDLE
+
+
+def plan(settings: Settings, docker: Docker, backend: str) -> ImagePlan:
+    """Decide the build's base images for `backend`; refuses what the mode cannot build."""
+    source, reason = resolve_source(settings, docker)
+    cuda = backend == "llamacpp" and settings.llamacpp_accel == "cuda"
+    if source == "local" and backend == "vllm":
+        raise UserError(
+            "registry-less mode cannot build the vLLM image: it needs the nvidia/cuda base image "
+            "from a registry (and an NVIDIA GPU to run); use --backend=llamacpp"
+        )
+    if source == "local" and cuda:
+        raise UserError(
+            "registry-less mode cannot build the CUDA llama.cpp image: it needs the nvidia/cuda "
+            "base image from a registry; set LLAMACPP_ACCEL=cpu"
+        )
+    python_base = CUDA_BASE if cuda else (PYTHON_BASE if source == "registry" else LOCAL_BASE)
+    env = {
+        **image_names(settings, backend),
+        "PYTHON_BASE_IMAGE": python_base,
+        "REDIS_BASE_IMAGE": REDIS_BASE if source == "registry" else LOCAL_BASE,
+        # -allow-shlib-undefined: libcuda.so comes from the driver at run time, not the build.
+        "GGML_CMAKE_ARGS": (
+            "-DGGML_CUDA=on -DCMAKE_EXE_LINKER_FLAGS=-Wl,--allow-shlib-undefined" if cuda else ""
+        ),
+        "BUILD_CA_BUNDLE": str(ca_bundle(settings)),
+    }
+    return ImagePlan(source=source, reason=reason, environment=env)
+
+
+def ensure_local_base(
+    settings: Settings, docker: Docker, say: Callable[[str], None] = print
+) -> None:
+    """Make the local base image unless it exists: from the cached root tarball, else debootstrap.
+
+    The tarball lives in .cache/ (ignored by git), so a pruned image store costs a 4 s import,
+    not a 90 s debootstrap.
+    """
+    if docker.image_exists(LOCAL_BASE):
+        return
+    tarball = paths.CACHE_DIR / "base" / "bookworm-rootfs.tar"
+    if not tarball.is_file():
+        _debootstrap(settings, tarball, say)
+    say(f"images: importing {LOCAL_BASE} from {tarball.relative_to(paths.ROOT)}")
+    result = docker.runner(
+        ["sh", "-c", f"docker import - {LOCAL_BASE} < {shlex.quote(str(tarball))}"], timeout=600
+    )
+    if result.returncode != 0:
+        raise UserError(f"docker import of {LOCAL_BASE} failed: {last_line(result.stderr)}")
+
+
+def _debootstrap(settings: Settings, tarball: Path, say: Callable[[str], None]) -> None:
+    if shutil.which("debootstrap") is None:
+        raise UserError(
+            "registry-less mode needs debootstrap to build base images: "
+            "apt-get install debootstrap (or sudo bash scripts/provision-host.sh)"
+        )
+    if os.geteuid() != 0:
+        raise UserError(
+            "debootstrap needs root: run `sudo invoke build` once to make the base image"
+        )
+    tarball.parent.mkdir(parents=True, exist_ok=True)
+    say(f"images: building {LOCAL_BASE} from Debian packages (debootstrap, about 90 s)")
+    with tempfile.TemporaryDirectory(dir=tarball.parent, prefix="rootfs-") as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        argv = [
+            "debootstrap", "--variant=minbase", "--include=" + ",".join(LOCAL_BASE_PACKAGES),
+            "bookworm", str(rootfs), settings.debian_mirror,
+        ]  # fmt: skip
+        result = run_subprocess(argv, timeout=1800)
+        if result.returncode != 0:
+            raise UserError(
+                f"debootstrap failed ({last_line(result.stdout + result.stderr)}): "
+                f"check that {settings.debian_mirror} is reachable (DEBIAN_MIRROR)"
+            )
+        partial = tarball.with_suffix(".tar.partial")
+        packed = run_subprocess(["tar", "-C", str(rootfs), "-cf", str(partial), "."], timeout=600)
+        if packed.returncode != 0:
+            partial.unlink(missing_ok=True)
+            raise UserError(f"packing the base root file system failed: {last_line(packed.stderr)}")
+        partial.replace(tarball)
+
+
+def image_names(settings: Settings, backend: str) -> dict[str, str]:
+    """The tags the stack's services run, by the variable the compose files read them from."""
+    names = {"REDIS_IMAGE": REDIS_IMAGE}
+    if backend == "llamacpp":
+        cuda = settings.llamacpp_accel == "cuda"
+        names["LLAMACPP_IMAGE"] = LLAMACPP_IMAGE + ("-cuda" if cuda else "")
+    return names
+
+
+def ensure_images(
+    project: ComposeProject,
+    *,
+    rebuild: bool = False,
+    no_cache: bool = False,
+    say: Callable[[str], None] = print,
+) -> ImagePlan | None:
+    """Build the backend's images when missing (or always, with `rebuild`), in the detected mode.
+
+    Returns the plan used, or None when every image was already there and nothing was built.
+    """
+    names = image_names(project.settings, project.backend)
+    missing = [name for name in names.values() if not project.docker.image_exists(name)]
+    if not (rebuild or missing):
+        return None
+    chosen = plan(project.settings, project.docker, project.backend)
+    say(f"images: {chosen.source} mode ({chosen.reason})")
+    if chosen.source == "local":
+        ensure_local_base(project.settings, project.docker, say)
+    project.extra_env = {**project.extra_env, **chosen.environment}
+    project.build(services_for(project.backend), no_cache=no_cache)
+    return chosen
+
+
+def services_for(backend: str) -> list[str]:
+    return ["redis"] if backend == "none" else ["redis", "llm-server"]

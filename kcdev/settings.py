@@ -1,0 +1,272 @@
+"""Settings: built-in defaults, overridden by `.env`, overridden by the environment.
+
+Every setting is declared once here, with its default and its documentation; `.env.sample` is
+checked against this table by a unit test, so the two cannot drift apart. Values are validated on
+load, so a malformed `.env` fails in one line before anything starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+
+from kcdev.errors import UserError
+from kcdev.paths import ENV_FILE
+
+Parser = Callable[[str], Any]
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+def _int_between(low: int, high: int | None = None) -> Parser:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError("not a whole number") from None
+        if value < low or (high is not None and value > high):
+            raise ValueError(f"outside {low}..{high if high is not None else '∞'}")
+        return value
+
+    return parse
+
+
+def _optional_int(low: int) -> Parser:
+    inner = _int_between(low)
+    return lambda raw: None if raw == "" else inner(raw)
+
+
+def _port(raw: str) -> int:
+    return int(_int_between(1, 65535)(raw))
+
+
+def _positive_number(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("not a number") from None
+    if not value > 0:
+        raise ValueError("must be greater than 0")
+    return value
+
+
+def _fraction(raw: str) -> float:
+    value = _positive_number(raw)
+    if value > 1:
+        raise ValueError("must be in (0, 1]")
+    return value
+
+
+def _choice(*options: str) -> Parser:
+    def parse(raw: str) -> str:
+        if raw not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return raw
+
+    return parse
+
+
+def _ip(raw: str) -> str:
+    try:
+        ipaddress.ip_address(raw)
+    except ValueError:
+        raise ValueError("not an IP address") from None
+    return raw
+
+
+def _http_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not an http(s) URL")
+    try:
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise ValueError("has a malformed port") from None
+    return raw.rstrip("/")
+
+
+def _container_path(prefix: str) -> Parser:
+    def parse(raw: str) -> str:
+        if not raw.startswith(prefix) or ".." in raw.split("/"):
+            raise ValueError(f"must be a path under {prefix} as the container sees it")
+        return raw
+
+    return parse
+
+
+def _project_name(raw: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", raw):
+        raise ValueError("must be lowercase letters, digits, '-' or '_'")
+    return raw
+
+
+def _setting(default: str, doc: str, parse: Parser = _text, *, secret: bool = False) -> Any:
+    return field(metadata={"default": default, "doc": doc, "parse": parse, "secret": secret})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed, validated settings. Field names are the lowercase of the variables' names."""
+
+    # --- stack -------------------------------------------------------------------------------
+    llm_backend: str = _setting(
+        "llamacpp",
+        "LLM server that `invoke up` starts: llamacpp, vllm (NVIDIA GPU), or none (Redis alone)",
+        _choice("llamacpp", "vllm", "none"),
+    )
+    compose_project_name: str = _setting(
+        "kc-devenv",
+        "Compose project name: every task finds the stack's containers and volumes by it",
+        _project_name,
+    )
+    bind_host: str = _setting(
+        "127.0.0.1",
+        "Host address the services' ports are published on; 0.0.0.0 exposes them to the network",
+        _ip,
+    )
+    # --- redis -------------------------------------------------------------------------------
+    redis_host: str = _setting("127.0.0.1", "Redis host the worker and tasks connect to")
+    redis_port: int = _setting("6379", "Redis port, published on BIND_HOST", _port)
+    redis_db: int = _setting("0", "Redis database number (0-15)", _int_between(0, 15))
+    redis_password: str = _setting(
+        "", "Redis password; empty means none. Never printed", secret=True
+    )
+    # --- llm client --------------------------------------------------------------------------
+    llm_server_url: str = _setting(
+        "http://127.0.0.1:8000", "Base URL of the OpenAI-compatible LLM server", _http_url
+    )
+    llm_timeout: float = _setting(
+        "120", "Seconds to wait for one LLM server response", _positive_number
+    )
+    # --- llama.cpp server --------------------------------------------------------------------
+    llama_server: str = _setting(
+        "llama-server",
+        "llama.cpp server flavor: llama-server (faster: continuous batching, /health) "
+        "or llama-cpp-python",
+        _choice("llama-server", "llama-cpp-python"),
+    )
+    model_path: str = _setting(
+        "/models/model.gguf",
+        "GGUF model as the container sees it (models/gguf/ is mounted at /models)",
+        _container_path("/models/"),
+    )
+    n_ctx: int = _setting("4096", "Context window in tokens (per request slot)", _int_between(64))
+    n_gpu_layers: int = _setting(
+        "0", "Layers offloaded to an NVIDIA GPU: 0 = CPU only, -1 = all", _int_between(-1)
+    )
+    n_parallel: int = _setting(
+        "4", "Requests llama-server decodes together (continuous batching)", _int_between(1, 256)
+    )
+    n_threads: int | None = _setting(
+        "", "CPU threads for decoding; empty = every core the container may use", _optional_int(1)
+    )
+    served_model_name: str = _setting(
+        "", "Model name the server reports; empty = the model file's name without .gguf"
+    )
+    host: str = _setting("0.0.0.0", "Address the LLM server binds to inside its container", _ip)
+    port: int = _setting("8000", "LLM server port, published on BIND_HOST", _port)
+    llamacpp_accel: str = _setting(
+        "cpu",
+        "llama.cpp image build: cpu, or cuda (CUDA base image, -DGGML_CUDA=on; needs a registry)",
+        _choice("cpu", "cuda"),
+    )
+    # --- vllm server -------------------------------------------------------------------------
+    model_name: str = _setting(
+        "/models/model",
+        "Hugging Face model folder as the vLLM container sees it (models/hf/ is at /models)",
+        _container_path("/models/"),
+    )
+    tensor_parallel_size: int = _setting(
+        "1", "GPUs vLLM splits the model across", _int_between(1, 64)
+    )
+    gpu_memory_utilization: float = _setting(
+        "0.9", "Fraction of GPU memory vLLM may use", _fraction
+    )
+    max_model_len: int = _setting(
+        "4096", "Longest sequence vLLM accepts, in tokens", _int_between(16)
+    )
+    # --- images ------------------------------------------------------------------------------
+    image_source: str = _setting(
+        "auto",
+        "Where base images come from: registry (official images), local (built from Debian "
+        "packages, no registry needed) or auto (detect)",
+        _choice("auto", "registry", "local"),
+    )
+    build_ca_bundle: str = _setting(
+        "auto",
+        "Extra CA bundle given to pip inside image builds (TLS-intercepting proxies): a path, "
+        "none, or auto (PIP_CERT, REQUESTS_CA_BUNDLE, SSL_CERT_FILE or the system bundle)",
+    )
+    debian_mirror: str = _setting(
+        "http://deb.debian.org/debian",
+        "Debian mirror for local base images (registry-less mode)",
+        _http_url,
+    )
+
+    @classmethod
+    def fields(cls) -> tuple[dataclasses.Field[Any], ...]:
+        return dataclasses.fields(cls)
+
+    def as_environment(self) -> dict[str, str]:
+        """The settings as variables, for compose files and child processes."""
+        env = {}
+        for f in self.fields():
+            value = getattr(self, f.name)
+            env[f.name.upper()] = "" if value is None else str(value)
+        return env
+
+    def redacted(self) -> dict[str, str]:
+        """The settings for display, secrets masked."""
+        env = self.as_environment()
+        for f in self.fields():
+            if f.metadata["secret"] and env[f.name.upper()]:
+                env[f.name.upper()] = "********"
+        return env
+
+
+def load_settings(
+    env_file: Path = ENV_FILE,
+    environ: Mapping[str, str] | None = None,
+    **overrides: str,
+) -> Settings:
+    """Read the settings; raises UserError naming the first invalid value and where it came from.
+
+    `overrides` are task arguments (lowercase names): arguments beat the environment, which beats
+    `.env`, which beats the defaults. A missing `.env` simply means the defaults.
+    """
+    environ = os.environ if environ is None else environ
+    from_file = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+    values: dict[str, Any] = {}
+    for f in Settings.fields():
+        name = f.name.upper()
+        if f.name in overrides and overrides[f.name] is not None:
+            raw, origin = str(overrides[f.name]), "argument"
+        elif name in environ:
+            raw, origin = environ[name], "environment"
+        elif name in from_file:
+            raw, origin = from_file[name], env_file.name
+        else:
+            raw, origin = f.metadata["default"], "default"
+        try:
+            values[f.name] = f.metadata["parse"](raw.strip())
+        except ValueError as exc:
+            shown = "********" if f.metadata["secret"] else raw
+            raise UserError(
+                f"{name}={shown!r} (from {origin}) is invalid: {exc}; fix it in {env_file.name} "
+                "or the environment (see .env.sample)"
+            ) from None
+    unknown = set(overrides) - {f.name for f in Settings.fields()}
+    if unknown:
+        raise UserError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    return Settings(**values)

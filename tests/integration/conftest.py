@@ -1,0 +1,111 @@
+"""Session-wide real containers: Redis and both llama.cpp server flavors, from the stack's images.
+
+The images are the ones `invoke build` makes from docker/ (built here when missing). Containers are
+removed by the fixtures themselves; Ryuk, testcontainers' reaper, is used only where its image can
+be had, since without a registry it cannot be pulled.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kcdev import images
+from kcdev.compose import ComposeProject
+from kcdev.docker_cli import Docker
+from kcdev.errors import UserError
+from kcdev.settings import Settings, load_settings
+from tests.support.containers import LlamaCppContainer, RedisContainer
+from tests.support.tiny_gguf import write_tiny_llama
+
+LLAMA_FLAVORS = ("llama-server", "llama-cpp-python")
+
+
+def _ryuk_can_run(settings: Settings) -> bool:
+    from testcontainers.core.config import testcontainers_config
+
+    if settings.image_source == "registry":
+        return True
+    return Docker().image_exists(testcontainers_config.ryuk_image)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Decide Ryuk before any container starts; an explicit TESTCONTAINERS_RYUK_DISABLED wins."""
+    if "TESTCONTAINERS_RYUK_DISABLED" not in os.environ:
+        try:
+            can_run = _ryuk_can_run(load_settings())
+        except UserError:
+            can_run = False
+        os.environ["TESTCONTAINERS_RYUK_DISABLED"] = "false" if can_run else "true"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Last line of cleanup: remove any container this test process created and left behind.
+
+    testcontainers labels each container with a session id unique to this process, so this can
+    only ever touch containers these tests started.
+    """
+    from testcontainers.core.labels import LABEL_SESSION_ID, SESSION_ID
+
+    found = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label={LABEL_SESSION_ID}={SESSION_ID}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    ids = found.stdout.split()
+    if ids:
+        subprocess.run(["docker", "rm", "-fv", *ids], capture_output=True, check=False)
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return load_settings()
+
+
+@pytest.fixture(scope="session")
+def stack_images(settings: Settings) -> dict[str, str]:
+    """The stack's image tags, built from docker/ when missing (a no-op when `invoke build` ran)."""
+    docker = Docker()
+    try:
+        docker.ensure_daemon()
+        images.ensure_images(ComposeProject(settings, "llamacpp", docker))
+    except UserError as exc:
+        pytest.fail(f"cannot prepare the stack's images: {exc}", pytrace=False)
+    return images.image_names(settings, "llamacpp")
+
+
+@pytest.fixture(scope="session")
+def redis_server(stack_images: dict[str, str]) -> Iterator[RedisContainer]:
+    """A real Redis from the stack's image, with a password, as the stack runs it (AOF on)."""
+    container = RedisContainer(stack_images["REDIS_IMAGE"], password=secrets.token_urlsafe(16))
+    with container:
+        yield container
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer llama GGUF written by the tests: loads in well under a second, generates tokens."""
+    folder = tmp_path_factory.mktemp("gguf")
+    model = write_tiny_llama(folder / "tiny-llama.gguf")
+    # The servers run as an unprivileged user: the mounted folder must be readable to others.
+    folder.chmod(0o755)
+    model.chmod(0o644)
+    return model
+
+
+@pytest.fixture(scope="session", params=LLAMA_FLAVORS)
+def llama_server(
+    request: pytest.FixtureRequest, stack_images: dict[str, str], tiny_model: Path
+) -> Iterator[LlamaCppContainer]:
+    """A real llama.cpp server of each flavor, serving the tiny model."""
+    container = LlamaCppContainer(
+        stack_images["LLAMACPP_IMAGE"], request.param, tiny_model.parent, tiny_model.name
+    )
+    with container:
+        yield container

@@ -1,0 +1,124 @@
+"""Testcontainers classes for the stack's own images, published on 127.0.0.1 only.
+
+Tests talk to containers solely through loopback ports: testcontainers would publish on 0.0.0.0
+by default, and `localhost` may resolve to ::1 where nothing listens.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+from testcontainers.core.container import DockerContainer
+from testcontainers.core.wait_strategies import HttpWaitStrategy
+from testcontainers.core.waiting_utils import WaitStrategy, WaitStrategyTarget
+
+LOOPBACK = "127.0.0.1"
+
+
+class LoopbackContainer(DockerContainer):
+    """A container whose ports are published on 127.0.0.1, each on a free port Docker picks."""
+
+    def publish_on_loopback(self, *ports: int) -> LoopbackContainer:
+        for port in ports:
+            # docker-py reads a one-element (address,) tuple as "this address, any free port".
+            self.ports[f"{port}/tcp"] = (LOOPBACK,)  # type: ignore[assignment]
+        return self
+
+    def get_container_host_ip(self) -> str:
+        return LOOPBACK
+
+    def url(self, port: int) -> str:
+        return f"http://{LOOPBACK}:{self.get_exposed_port(port)}"
+
+    def logs_text(self, tail: int = 40) -> str:
+        stdout, stderr = self.get_logs()
+        lines = (stdout + stderr).decode(errors="replace").splitlines()
+        return "\n".join(lines[-tail:])
+
+
+class RedisReady(WaitStrategy):
+    """Ready when Redis answers with the password *and* is not loading a dataset.
+
+    PING alone would pass while Redis is still loading (it answers LOADING), which is exactly the
+    window in which a test's first command fails.
+    """
+
+    def __init__(self, password: str) -> None:
+        super().__init__()
+        self._password = password
+
+    def wait_until_ready(self, container: WaitStrategyTarget) -> None:
+        deadline = time.monotonic() + self._startup_timeout
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            client = redis.Redis(
+                host=container.get_container_host_ip(),
+                port=container.get_exposed_port(6379),
+                password=self._password or None,
+                socket_timeout=2,
+            )
+            try:
+                if client.info("persistence").get("loading") == 0:
+                    return
+            except redis.RedisError as exc:
+                last_error = exc
+            finally:
+                client.close()
+            container.reload()
+            if container.status in ("exited", "dead"):
+                break
+            time.sleep(self._poll_interval)
+        raise TimeoutError(f"Redis not ready within {self._startup_timeout:.0f} s: {last_error}")
+
+
+class RedisContainer(LoopbackContainer):
+    def __init__(self, image: str, password: str = "", **kwargs: Any) -> None:
+        super().__init__(image, **kwargs)
+        self.password = password
+        self.with_env("REDIS_PASSWORD", password)
+        self.publish_on_loopback(6379)
+        self.waiting_for(RedisReady(password).with_startup_timeout(60).with_poll_interval(0.1))
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        return redis.Redis(
+            host=LOOPBACK,
+            port=int(self.get_exposed_port(6379)),
+            password=self.password or None,
+            **kwargs,
+        )
+
+
+class LlamaCppContainer(LoopbackContainer):
+    """One llama.cpp server flavor serving a model file from `model_dir`.
+
+    Readiness is the model listing answering 200: llama-server answers it only once loaded, and
+    llama-cpp-python (no /health) opens its port only after loading.
+    """
+
+    def __init__(
+        self, image: str, flavor: str, model_dir: Path, model_file: str, **kwargs: Any
+    ) -> None:
+        super().__init__(image, **kwargs)
+        self.flavor = flavor
+        self.with_volume_mapping(str(model_dir), "/models", "ro")
+        self.with_envs(
+            LLAMA_SERVER=flavor,
+            MODEL_PATH=f"/models/{model_file}",
+            N_CTX="512",
+            N_PARALLEL="2",
+            PORT="8000",
+        )
+        self.publish_on_loopback(8000)
+        self.waiting_for(
+            HttpWaitStrategy(8000, "/v1/models")
+            .for_status_code(200)
+            .with_startup_timeout(120)
+            .with_poll_interval(0.2)
+        )
+
+    @property
+    def base_url(self) -> str:
+        return self.url(8000)
