@@ -12,7 +12,7 @@ nox.options.reuse_venv = "yes"
 nox.options.default_venv_backend = "virtualenv"
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
-CODE = ["kcdev", "worker", "tasks.py", "noxfile.py", "tests"]
+CODE = ["kcdev", "worker", "tasks.py", "noxfile.py", "tests", "benchmarks"]
 
 
 def _pytest(session: nox.Session, *args: str) -> None:
@@ -51,3 +51,14 @@ def integration(session: nox.Session) -> None:
     session.run(
         "pytest", "tests/integration", "-m", "integration", "--timeout=900", *session.posargs
     )
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks printing side-by-side figures (slow; real containers): nox -s bench -- NAME.
+
+    NAME is a benchmarks/NAME_bench.py module (default: stack); ARGS go to it (--help lists them).
+    """
+    session.install("-e", ".[test]")
+    name, *args = session.posargs or ["stack"]
+    session.run("python", "-m", f"benchmarks.{name}_bench", *args)

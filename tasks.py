@@ -5,25 +5,35 @@ Each task reads the settings, calls one helper from the kcdev package, and repor
 
 from __future__ import annotations
 
+import sys
+
 from invoke.context import Context
 from invoke.tasks import task
 
-from kcdev import images
-from kcdev.cli import one_line_errors, say
+from kcdev import doctor as doctor_checks
+from kcdev import images, stack, status
+from kcdev.cli import confirm, one_line_errors, say
 from kcdev.compose import ComposeProject, check_backend
 from kcdev.docker_cli import Docker
+from kcdev.errors import UserError
 from kcdev.settings import load_settings
 
 BACKEND_HELP = "llamacpp, vllm or none (Redis alone); default: LLM_BACKEND from .env"
 
 
-def _project(backend: str | None) -> ComposeProject:
-    """Validate the input first, then check Docker: bad flags fail fast even without a daemon."""
+def _project(backend: str | None = None, *, running: bool = False) -> ComposeProject:
+    """Validate the input first, then check Docker: bad flags fail fast even without a daemon.
+
+    With `running`, the backend is the one the running stack was started with, if any.
+    """
     settings = load_settings()
     chosen = check_backend(backend or settings.llm_backend)
     docker = Docker()
     docker.ensure_daemon()
-    return ComposeProject(settings, chosen, docker)
+    project = ComposeProject(settings, chosen, docker)
+    if running and backend is None:
+        project.backend = stack.running_backend(project) or chosen
+    return project
 
 
 @task(help={"backend": BACKEND_HELP, "no_cache": "rebuild every layer from scratch"})
@@ -35,3 +45,100 @@ def build(c: Context, backend: str | None = None, no_cache: bool = False) -> Non
     say(
         f"images ready: {', '.join(images.image_names(project.settings, project.backend).values())}"
     )
+
+
+@task(
+    help={
+        "backend": BACKEND_HELP,
+        "timeout": "seconds to wait for the stack to be ready (default 600)",
+        "keep_on_failure": "leave failed containers in place for inspection",
+    }
+)
+@one_line_errors
+def up(
+    c: Context, backend: str | None = None, timeout: float = 600, keep_on_failure: bool = False
+) -> None:
+    """Start Redis and the LLM server and wait until they really serve (builds images if needed)."""
+    if timeout <= 0:
+        raise UserError(f"--timeout={timeout} must be greater than 0")
+    project = _project(backend)
+    took = stack.up(project, timeout=timeout, keep_on_failure=keep_on_failure, say=say)
+    s = project.settings
+    say(f"redis      redis://{s.redis_host}:{s.redis_port}/{s.redis_db}")
+    if project.backend != "none":
+        say(f"llm-server {s.llm_server_url}/v1 (model {s.served_model(project.backend)})")
+    say(f"ready in {took:.1f} s; stop with `invoke down`")
+
+
+@task(help={"volumes": "also delete Redis' data volume (asks first)", "yes": "do not ask"})
+@one_line_errors
+def down(c: Context, volumes: bool = False, yes: bool = False) -> None:
+    """Stop and remove the stack's containers; data stays unless --volumes."""
+    project = _project("none")
+    if volumes and not yes:
+        confirm(f"Delete the Redis data volume of project {project.name!r}? This cannot be undone.")
+    stack.down(project, volumes=volumes)
+    say(f"stack {project.name} is down" + (" and its volumes deleted" if volumes else ""))
+
+
+@task
+@one_line_errors
+def ps(c: Context) -> None:
+    """Show the services (state, health, ports), Redis, the Celery queue and LLM server metrics."""
+    project = _project(running=True)
+    states = stack.service_states(project)
+    if not states:
+        say(f"stack {project.name} is not running: start it with `invoke up`")
+        return
+    say(status.services_table(states))
+    say(status.redis_summary(project.settings))
+    if "llm-server" in states:
+        say(status.llm_summary(project.settings))
+
+
+@task(
+    help={
+        "service": "redis or llm-server (default: all)",
+        "follow": "keep printing new lines",
+        "tail": "lines from the end of each log (default 100)",
+    }
+)
+@one_line_errors
+def logs(c: Context, service: str | None = None, follow: bool = False, tail: int = 100) -> None:
+    """Show the services' logs."""
+    stack.check_service(service)
+    if tail < 0:
+        raise UserError(f"--tail={tail} must be 0 or more")
+    project = _project(running=True)
+    args = ["logs", "--tail", str(tail), *(["--follow"] if follow else [])]
+    project.run(*args, *([service] if service else []), capture=False)
+
+
+@task(
+    help={
+        "service": "redis or llm-server (default: all)",
+        "timeout": "seconds to wait for readiness (default 600)",
+    }
+)
+@one_line_errors
+def restart(c: Context, service: str | None = None, timeout: float = 600) -> None:
+    """Restart the stack or one service and wait until it serves again."""
+    stack.check_service(service)
+    project = _project(running=True)
+    took = stack.restart(project, service, timeout=timeout, say=say)
+    say(f"{service or 'stack'} ready again in {took:.1f} s")
+
+
+@task(help={"backend": BACKEND_HELP})
+@one_line_errors
+def doctor(c: Context, backend: str | None = None) -> None:
+    """Check everything the stack needs, one line each; exits non-zero when any check fails."""
+    if backend is not None:
+        check_backend(backend)
+    failed = 0
+    for check in doctor_checks.run_checks(backend, Docker()):
+        say(check.line())
+        failed += not check.ok
+    if failed:
+        raise UserError(f"{failed} check(s) failed: see the FAIL lines above")
+    sys.stdout.flush()

@@ -27,9 +27,20 @@ def one_line_errors(func: F) -> F:
             return func(*args, **kwargs)
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
+            if exc.details:
+                print(exc.details.rstrip("\n"), file=sys.stderr, flush=True)
             raise Exit(code=1) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr, flush=True)
             raise Exit(code=130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def confirm(question: str) -> None:
+    """Ask before destroying data; without a terminal to ask on, refuse (use --yes)."""
+    if not sys.stdin.isatty():
+        raise UserError(f"{question.split('?')[0]}? refusing without a terminal: pass --yes")
+    answer = input(f"{question} [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        raise UserError("cancelled: nothing was changed")

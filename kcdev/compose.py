@@ -16,6 +16,7 @@ from kcdev import paths
 from kcdev.docker_cli import Docker
 from kcdev.errors import UserError
 from kcdev.settings import Settings
+from kcdev.tls import ca_bundle
 
 BACKENDS = ("llamacpp", "vllm", "none")
 BASE_FILE = paths.DOCKER_DIR / "docker-compose.yml"
@@ -64,7 +65,12 @@ class ComposeProject:
 
     def environment(self) -> dict[str, str]:
         """The process environment plus the settings: what compose substitutes into the files."""
-        return {**os.environ, **self.settings.as_environment(), **self.extra_env}
+        return {
+            **os.environ,
+            **self.settings.as_environment(),
+            "CA_BUNDLE_FILE": str(ca_bundle(self.settings)),
+            **self.extra_env,
+        }
 
     def argv(self, *args: str) -> list[str]:
         argv = [*self.docker.compose(), "--project-name", self.name]

@@ -82,7 +82,7 @@ class Docker:
         if self._compose is None:
             if self.run("compose", "version", "--short").returncode == 0:
                 self._compose = ["docker", "compose"]
-            elif self.runner(["docker-compose", "version", "--short"]).returncode == 0:
+            elif self._v1_compose_answers():
                 self._compose = ["docker-compose"]
             else:
                 raise UserError(
@@ -90,6 +90,12 @@ class Docker:
                     "(on Debian: sudo bash scripts/provision-host.sh)"
                 )
         return self._compose
+
+    def _v1_compose_answers(self) -> bool:
+        try:
+            return self.runner(["docker-compose", "version", "--short"]).returncode == 0
+        except UserError:  # not installed
+            return False
 
     def api_version(self) -> tuple[int, ...]:
         """The daemon's API version, e.g. (1, 41) for Engine 20.10, (1, 44) for Engine 25."""

@@ -40,8 +40,8 @@ LOCAL_BASE_PACKAGES = (
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 REDIS_IMAGE = "kc-devenv/redis:7.4"
 LLAMACPP_IMAGE = f"kc-devenv/llamacpp:{LLAMA_CPP_PYTHON_VERSION}"
-EMPTY_CA_BUNDLE = paths.DOCKER_DIR / "no-extra-ca.pem"
-SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+VLLM_VERSION = "0.33.0"
+VLLM_IMAGE = f"kc-devenv/vllm:{VLLM_VERSION}"
 
 
 @dataclass(frozen=True)
@@ -70,24 +70,6 @@ def resolve_source(settings: Settings, docker: Docker) -> tuple[str, str]:
     return "local", f"no registry ({last_line(pulled.stderr) or 'docker pull failed'})"
 
 
-def ca_bundle(settings: Settings, environ: Mapping[str, str] = os.environ) -> Path:
-    """The CA bundle handed to builds as a BuildKit secret; an empty file means none."""
-    choice = settings.build_ca_bundle
-    if choice == "none":
-        return EMPTY_CA_BUNDLE
-    if choice != "auto":
-        path = Path(choice).expanduser()
-        if not path.is_file():
-            raise UserError(
-                f"BUILD_CA_BUNDLE={choice} is not a file: point it at a PEM bundle or use none"
-            )
-        return path.resolve()
-    for var in ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
-        if environ.get(var) and Path(environ[var]).is_file():
-            return Path(environ[var]).resolve()
-    return SYSTEM_CA_BUNDLE if SYSTEM_CA_BUNDLE.is_file() else EMPTY_CA_BUNDLE
-
-
 def plan(settings: Settings, docker: Docker, backend: str) -> ImagePlan:
     """Decide the build's base images for `backend`; refuses what the mode cannot build."""
     source, reason = resolve_source(settings, docker)
@@ -111,7 +93,6 @@ def plan(settings: Settings, docker: Docker, backend: str) -> ImagePlan:
         "GGML_CMAKE_ARGS": (
             "-DGGML_CUDA=on -DCMAKE_EXE_LINKER_FLAGS=-Wl,--allow-shlib-undefined" if cuda else ""
         ),
-        "BUILD_CA_BUNDLE": str(ca_bundle(settings)),
     }
     return ImagePlan(source=source, reason=reason, environment=env)
 
@@ -175,6 +156,8 @@ def image_names(settings: Settings, backend: str) -> dict[str, str]:
     if backend == "llamacpp":
         cuda = settings.llamacpp_accel == "cuda"
         names["LLAMACPP_IMAGE"] = LLAMACPP_IMAGE + ("-cuda" if cuda else "")
+    elif backend == "vllm":
+        names["VLLM_IMAGE"] = VLLM_IMAGE
     return names
 
 

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from dotenv import dotenv_values
 
 from kcdev.errors import UserError
-from kcdev.paths import ENV_FILE
+from kcdev.paths import ENV_FILE, ROOT
 
 Parser = Callable[[str], Any]
 
@@ -105,6 +105,14 @@ def _container_path(prefix: str) -> Parser:
     return parse
 
 
+def _host_dir(raw: str) -> str:
+    """A folder on this machine; relative paths are relative to the project, as in .env.sample."""
+    if not raw:
+        raise ValueError("must not be empty")
+    path = Path(raw).expanduser()
+    return str(path if path.is_absolute() else ROOT / path)
+
+
 def _project_name(raw: str) -> str:
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", raw):
         raise ValueError("must be lowercase letters, digits, '-' or '_'")
@@ -112,7 +120,10 @@ def _project_name(raw: str) -> str:
 
 
 def _setting(default: str, doc: str, parse: Parser = _text, *, secret: bool = False) -> Any:
-    return field(metadata={"default": default, "doc": doc, "parse": parse, "secret": secret})
+    return field(
+        repr=not secret,
+        metadata={"default": default, "doc": doc, "parse": parse, "secret": secret},
+    )
 
 
 @dataclass(frozen=True)
@@ -156,9 +167,14 @@ class Settings:
         "or llama-cpp-python",
         _choice("llama-server", "llama-cpp-python"),
     )
+    gguf_dir: str = _setting(
+        "models/gguf",
+        "Folder of GGUF models on this machine, mounted read-only at /models (relative = to repo)",
+        _host_dir,
+    )
     model_path: str = _setting(
         "/models/model.gguf",
-        "GGUF model as the container sees it (models/gguf/ is mounted at /models)",
+        "GGUF model as the container sees it (GGUF_DIR is mounted at /models)",
         _container_path("/models/"),
     )
     n_ctx: int = _setting("4096", "Context window in tokens (per request slot)", _int_between(64))
@@ -182,9 +198,14 @@ class Settings:
         _choice("cpu", "cuda"),
     )
     # --- vllm server -------------------------------------------------------------------------
+    hf_dir: str = _setting(
+        "models/hf",
+        "Folder of Hugging Face models on this machine, mounted read-only at /models",
+        _host_dir,
+    )
     model_name: str = _setting(
         "/models/model",
-        "Hugging Face model folder as the vLLM container sees it (models/hf/ is at /models)",
+        "Hugging Face model folder as the vLLM container sees it (HF_DIR is at /models)",
         _container_path("/models/"),
     )
     tensor_parallel_size: int = _setting(
@@ -225,6 +246,14 @@ class Settings:
             value = getattr(self, f.name)
             env[f.name.upper()] = "" if value is None else str(value)
         return env
+
+    def served_model(self, backend: str) -> str:
+        """The model name the backend's server reports, which clients ask for."""
+        if self.served_model_name:
+            return self.served_model_name
+        if backend == "vllm":
+            return Path(self.model_name).name
+        return Path(self.model_path).name.removesuffix(".gguf")
 
     def redacted(self) -> dict[str, str]:
         """The settings for display, secrets masked."""

@@ -1,0 +1,204 @@
+"""The stack's lifecycle: up (really ready, or cleaned up and explained), down, restart, state.
+
+`up` checks what it can before starting anything (model present, ports, GPU runtime), builds
+missing images, starts compose with --wait, then waits for real readiness: Redis answers and is
+not loading; the LLM server lists the model and completes one token.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kcdev import images, preflight, readiness
+from kcdev.compose import ComposeProject, wants_gpu
+from kcdev.docker_cli import last_line
+from kcdev.errors import UserError
+
+SERVICES = ("redis", "llm-server")
+LOG_LINES = 20
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    service: str
+    container_id: str
+    state: str  # running, exited, ...
+    health: str  # healthy, unhealthy, starting, or "" without a healthcheck
+    exit_code: int
+    ports: str
+
+
+def service_states(project: ComposeProject) -> dict[str, ServiceState]:
+    """The project's containers by service, running or not."""
+    result = project.run("ps", "--all", "--format", "json")
+    states: dict[str, ServiceState] = {}
+    for line in result.stdout.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        entries = json.loads(line)
+        for entry in entries if isinstance(entries, list) else [entries]:
+            ports = sorted(
+                {
+                    f"{p['URL']}:{p['PublishedPort']}->{p['TargetPort']}"
+                    for p in entry.get("Publishers") or []
+                    if p.get("PublishedPort")
+                }
+            )
+            states[entry["Service"]] = ServiceState(
+                service=entry["Service"],
+                container_id=entry["ID"],
+                state=entry.get("State", ""),
+                health=entry.get("Health", ""),
+                exit_code=int(entry.get("ExitCode") or 0),
+                ports=", ".join(ports),
+            )
+    return states
+
+
+def check_service(service: str | None) -> str | None:
+    if service is not None and service not in SERVICES:
+        raise UserError(f"unknown service {service!r}: use one of {', '.join(SERVICES)}")
+    return service
+
+
+def service_log(project: ComposeProject, service: str, lines: int = LOG_LINES) -> str:
+    result = project.run("logs", "--no-color", "--no-log-prefix", "--tail", str(lines), service)
+    text = (result.stdout + result.stderr).strip()
+    return f"--- last {lines} lines of {service}'s log ---\n{text}" if text else ""
+
+
+def preflight_problems(project: ComposeProject) -> list[str]:
+    settings, backend, docker = project.settings, project.backend, project.docker
+    problems = [
+        preflight.model_problem(settings, backend),
+        preflight.gpu_problem(settings, backend, docker, wants_gpu(settings, backend)),
+        *preflight.port_problems(settings, backend, docker),
+    ]
+    return [p for p in problems if p]
+
+
+def up(
+    project: ComposeProject, *, timeout: float, keep_on_failure: bool = False, say: Say = print
+) -> float:
+    """Bring the backend's stack up and wait until it serves; returns the seconds it took."""
+    started = time.monotonic()
+    deadline = started + timeout
+    problems = preflight_problems(project)
+    if problems:
+        raise UserError(problems[0])
+    images.ensure_images(project, say=say)
+    before = {s.service: s.container_id for s in service_states(project).values()}
+    services = images.services_for(project.backend)
+    say(f"starting {', '.join(services)} (backend {project.backend}, project {project.name})")
+    try:
+        remaining = max(1, int(deadline - time.monotonic()))
+        result = project.run(
+            "up", "--detach", "--wait", "--wait-timeout", str(remaining), "--remove-orphans"
+        )
+        if result.returncode != 0:
+            raise _start_failure(project, result.stderr, timeout)
+        _wait_ready(project, deadline, timeout)
+    except UserError:
+        if not keep_on_failure:
+            _remove_started(project, before)
+        raise
+    return time.monotonic() - started
+
+
+def _wait_ready(project: ComposeProject, deadline: float, timeout: float) -> None:
+    s = project.settings
+    checks: list[tuple[str, Callable[[], str | None]]] = [
+        ("redis", lambda: readiness.redis_ready(s.redis_host, s.redis_port, s.redis_password)),
+    ]
+    if project.backend != "none":
+        model = s.served_model(project.backend)
+        checks.append(("llm-server", lambda: readiness.llm_ready(s.llm_server_url, model)))
+    for service, check in checks:
+        try:
+            readiness.wait_until(check, deadline)
+        except readiness.NotReady as exc:
+            raise UserError(
+                f"{service} did not become ready within {timeout:.0f} s ({exc}): "
+                "raise --timeout, or see its log below",
+                service_log(project, service),
+            ) from None
+
+
+def _start_failure(project: ComposeProject, stderr: str, timeout: float) -> UserError:
+    """Name the cause of a failed `compose up --wait`, with the failing service's log."""
+    text = stderr.lower()
+    if "port is already allocated" in text or "address already in use" in text:
+        return UserError(
+            f"a port the stack publishes is taken ({last_line(stderr)}): "
+            "stop the other program, or set REDIS_PORT / PORT in .env"
+        )
+    states = service_states(project)
+    for service in images.services_for(project.backend):
+        state = states.get(service)
+        if state is None:
+            continue
+        log = service_log(project, service)
+        if state.state in ("exited", "dead") or state.state == "restarting":
+            hint = (
+                last_line(log)
+                if state.exit_code == 64
+                else "check that the model is a valid file that fits in memory"
+            )
+            return UserError(
+                f"{service} exited while starting (exit code {state.exit_code}): {hint}", log
+            )
+        if state.health == "unhealthy":
+            return UserError(f"{service} is unhealthy: see its log below", log)
+        if state.health == "starting":
+            return UserError(
+                f"{service} not ready within {timeout:.0f} s (still starting): "
+                "raise --timeout (large models load for minutes), or see its log below",
+                log,
+            )
+    return UserError(f"docker compose up failed: {last_line(stderr)}")
+
+
+def _remove_started(project: ComposeProject, before: dict[str, str]) -> None:
+    """Remove the containers this `up` created or recreated; volumes (data) are kept."""
+    after = service_states(project)
+    started = [s for s, state in after.items() if before.get(s) != state.container_id]
+    if started:
+        project.run("rm", "--stop", "--force", *started)
+
+
+def down(project: ComposeProject, *, volumes: bool) -> None:
+    args = ["down", "--remove-orphans", *(["--volumes"] if volumes else [])]
+    result = project.run(*args)
+    if result.returncode != 0:
+        raise UserError(f"docker compose down failed: {last_line(result.stderr)}")
+
+
+def restart(
+    project: ComposeProject, service: str | None, *, timeout: float, say: Say = print
+) -> float:
+    started = time.monotonic()
+    result = project.run("restart", *([service] if service else []))
+    if result.returncode != 0:
+        raise UserError(f"docker compose restart failed: {last_line(result.stderr)}")
+    _wait_ready(project, started + timeout, timeout)
+    return time.monotonic() - started
+
+
+def running_backend(project: ComposeProject) -> str | None:
+    """The backend the running stack was started with, from its llm-server's compose files."""
+    states = service_states(project)
+    if not states:
+        return None
+    llm = states.get("llm-server")
+    if llm is None:
+        return "none"
+    label = project.docker.run(
+        "inspect", "--format",
+        '{{index .Config.Labels "com.docker.compose.project.config_files"}}', llm.container_id,
+    ).stdout  # fmt: skip
+    return "vllm" if "docker-compose.vllm.yml" in label else "llamacpp"
