@@ -5,14 +5,12 @@ Each task reads the settings, calls one helper from the kcdev package, and repor
 
 from __future__ import annotations
 
-import sys
-
 from invoke.context import Context
 from invoke.tasks import task
 
 from kcdev import doctor as doctor_checks
 from kcdev import images, stack, status
-from kcdev.cli import confirm, one_line_errors, say
+from kcdev.cli import confirm, number, one_line_errors, say
 from kcdev.compose import ComposeProject, check_backend
 from kcdev.docker_cli import Docker
 from kcdev.errors import UserError
@@ -56,13 +54,12 @@ def build(c: Context, backend: str | None = None, no_cache: bool = False) -> Non
 )
 @one_line_errors
 def up(
-    c: Context, backend: str | None = None, timeout: float = 600, keep_on_failure: bool = False
+    c: Context, backend: str | None = None, timeout: str = "600", keep_on_failure: bool = False
 ) -> None:
     """Start Redis and the LLM server and wait until they really serve (builds images if needed)."""
-    if timeout <= 0:
-        raise UserError(f"--timeout={timeout} must be greater than 0")
+    wait = number("timeout", timeout, minimum=1)
     project = _project(backend)
-    took = stack.up(project, timeout=timeout, keep_on_failure=keep_on_failure, say=say)
+    took = stack.up(project, timeout=wait, keep_on_failure=keep_on_failure, say=say)
     s = project.settings
     say(f"redis      redis://{s.redis_host}:{s.redis_port}/{s.redis_db}")
     if project.backend != "none":
@@ -74,9 +71,10 @@ def up(
 @one_line_errors
 def down(c: Context, volumes: bool = False, yes: bool = False) -> None:
     """Stop and remove the stack's containers; data stays unless --volumes."""
-    project = _project("none")
     if volumes and not yes:
-        confirm(f"Delete the Redis data volume of project {project.name!r}? This cannot be undone.")
+        name = load_settings().compose_project_name
+        confirm(f"Delete the Redis data volume of project {name!r}? This cannot be undone.")
+    project = _project("none")
     stack.down(project, volumes=volumes)
     say(f"stack {project.name} is down" + (" and its volumes deleted" if volumes else ""))
 
@@ -104,13 +102,12 @@ def ps(c: Context) -> None:
     }
 )
 @one_line_errors
-def logs(c: Context, service: str | None = None, follow: bool = False, tail: int = 100) -> None:
+def logs(c: Context, service: str | None = None, follow: bool = False, tail: str = "100") -> None:
     """Show the services' logs."""
     stack.check_service(service)
-    if tail < 0:
-        raise UserError(f"--tail={tail} must be 0 or more")
+    lines = int(number("tail", tail, minimum=0, integer=True))
     project = _project(running=True)
-    args = ["logs", "--tail", str(tail), *(["--follow"] if follow else [])]
+    args = ["logs", "--tail", str(lines), *(["--follow"] if follow else [])]
     project.run(*args, *([service] if service else []), capture=False)
 
 
@@ -121,11 +118,12 @@ def logs(c: Context, service: str | None = None, follow: bool = False, tail: int
     }
 )
 @one_line_errors
-def restart(c: Context, service: str | None = None, timeout: float = 600) -> None:
+def restart(c: Context, service: str | None = None, timeout: str = "600") -> None:
     """Restart the stack or one service and wait until it serves again."""
     stack.check_service(service)
+    wait = number("timeout", timeout, minimum=1)
     project = _project(running=True)
-    took = stack.restart(project, service, timeout=timeout, say=say)
+    took = stack.restart(project, service, timeout=wait, say=say)
     say(f"{service or 'stack'} ready again in {took:.1f} s")
 
 
@@ -141,4 +139,3 @@ def doctor(c: Context, backend: str | None = None) -> None:
         failed += not check.ok
     if failed:
         raise UserError(f"{failed} check(s) failed: see the FAIL lines above")
-    sys.stdout.flush()

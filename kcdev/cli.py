@@ -44,3 +44,15 @@ def confirm(question: str) -> None:
     answer = input(f"{question} [y/N] ").strip().lower()
     if answer not in ("y", "yes"):
         raise UserError("cancelled: nothing was changed")
+
+
+def number(flag: str, raw: object, *, minimum: float, integer: bool = False) -> float:
+    """Parse a numeric task argument: Invoke's own conversion errors end in a traceback."""
+    try:
+        value = int(str(raw)) if integer else float(str(raw))
+    except ValueError:
+        kind = "a whole number" if integer else "a number"
+        raise UserError(f"--{flag}={raw} is not {kind}") from None
+    if value < minimum:
+        raise UserError(f"--{flag}={raw} must be at least {minimum:g}")
+    return value

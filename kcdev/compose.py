@@ -69,6 +69,8 @@ class ComposeProject:
             **os.environ,
             **self.settings.as_environment(),
             "CA_BUNDLE_FILE": str(ca_bundle(self.settings)),
+            # Compose 2.40 prefers Bake, which needs buildx; the daemon's BuildKit does the job.
+            "COMPOSE_BAKE": "false",
             **self.extra_env,
         }
 

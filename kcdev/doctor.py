@@ -80,6 +80,9 @@ def _image_checks(settings: Settings, docker: Docker, backend: str) -> Iterator[
     if settings.image_source != "auto":
         source = settings.image_source
         yield Check("registry", True, f"{source} mode (IMAGE_SOURCE={source})")
+    elif docker.image_exists(images.PYTHON_BASE) and docker.image_exists(images.REDIS_BASE):
+        source = "registry"
+        yield Check("registry", True, "registry mode (official base images present)")
     else:
         probe = docker.run("manifest", "inspect", images.REDIS_BASE, timeout=20)
         source = "registry" if probe.returncode == 0 else "local"

@@ -84,7 +84,17 @@ def port_problems(settings: Settings, backend: str, docker: Docker) -> list[str]
     held = ports_held_by_stack(docker, settings.compose_project_name)
     problems = []
     for name, port in wanted.items():
-        if port not in held and not port_is_free(settings.bind_host, port):
+        if port in held:
+            continue
+        try:
+            free = port_is_free(settings.bind_host, port)
+        except OSError as exc:
+            problems.append(
+                f"cannot bind {settings.bind_host}:{port} ({exc.strerror}): set BIND_HOST to an "
+                "address of this machine (127.0.0.1, or 0.0.0.0 for every interface)"
+            )
+            continue
+        if not free:
             problems.append(
                 f"port {port} on {settings.bind_host} is taken by another program: "
                 f"stop it, or set {name} to a free port in .env"

@@ -44,7 +44,7 @@ def llm_ready(base_url: str, model: str, timeout: float = 30) -> str | None:
             listed = client.get("/v1/models")
             if listed.status_code != 200:
                 return f"model list answered {listed.status_code}"
-            ids = [entry.get("id") for entry in listed.json().get("data", [])]
+            ids = [entry.get("id") for entry in listed.json()["data"]]
             if model not in ids:
                 return f"server lists {ids}, not {model!r}"
             done = client.post(
@@ -55,8 +55,8 @@ def llm_ready(base_url: str, model: str, timeout: float = 30) -> str | None:
                 return f"one-token completion answered {done.status_code}: {done.text[:200]}"
     except httpx.HTTPError as exc:
         return f"LLM server does not answer ({type(exc).__name__})"
-    except ValueError:
-        return "LLM server answered something other than JSON"
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return "LLM server's answer is not an OpenAI-compatible model list"
     return None
 
 

@@ -160,6 +160,26 @@ class Settings:
     llm_timeout: float = _setting(
         "120", "Seconds to wait for one LLM server response", _positive_number
     )
+    # --- celery worker -----------------------------------------------------------------------
+    worker_concurrency: int = _setting(
+        "4", "Tasks one worker runs at once (match N_PARALLEL to keep the server busy)",
+        _int_between(1, 256),
+    )  # fmt: skip
+    task_time_limit: int = _setting(
+        "900", "Seconds a task may run before the worker kills it", _int_between(10)
+    )
+    visibility_timeout: int = _setting(
+        "3600",
+        "Seconds before Redis redelivers an unacknowledged task; must exceed TASK_TIME_LIMIT, or "
+        "long tasks run twice",
+        _int_between(60),
+    )
+    result_expires: int = _setting(
+        "86400", "Seconds task results are kept in Redis", _int_between(60)
+    )
+    llm_max_retries: int = _setting(
+        "5", "Retries of a task after a retryable LLM server failure", _int_between(0, 100)
+    )
     # --- llama.cpp server --------------------------------------------------------------------
     llama_server: str = _setting(
         "llama-server",
@@ -298,4 +318,10 @@ def load_settings(
     unknown = set(overrides) - {f.name for f in Settings.fields()}
     if unknown:
         raise UserError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-    return Settings(**values)
+    settings = Settings(**values)
+    if settings.visibility_timeout <= settings.task_time_limit:
+        raise UserError(
+            f"VISIBILITY_TIMEOUT={settings.visibility_timeout} must exceed "
+            f"TASK_TIME_LIMIT={settings.task_time_limit}: Redis would redeliver tasks still running"
+        )
+    return settings

@@ -85,13 +85,16 @@ def preflight_problems(project: ComposeProject) -> list[str]:
 def up(
     project: ComposeProject, *, timeout: float, keep_on_failure: bool = False, say: Say = print
 ) -> float:
-    """Bring the backend's stack up and wait until it serves; returns the seconds it took."""
+    """Bring the backend's stack up and wait until it serves; returns the seconds it took.
+
+    `timeout` bounds the wait for readiness, not a first image build (that can take minutes).
+    """
     started = time.monotonic()
-    deadline = started + timeout
     problems = preflight_problems(project)
     if problems:
         raise UserError(problems[0])
     images.ensure_images(project, say=say)
+    deadline = time.monotonic() + timeout
     before = {s.service: s.container_id for s in service_states(project).values()}
     services = images.services_for(project.backend)
     say(f"starting {', '.join(services)} (backend {project.backend}, project {project.name})")
@@ -143,14 +146,11 @@ def _start_failure(project: ComposeProject, stderr: str, timeout: float) -> User
         if state is None:
             continue
         log = service_log(project, service)
-        if state.state in ("exited", "dead") or state.state == "restarting":
-            hint = (
-                last_line(log)
-                if state.exit_code == 64
-                else "check that the model is a valid file that fits in memory"
-            )
+        if state.state in ("exited", "dead", "restarting"):
+            code = _exit_code(project, state)
             return UserError(
-                f"{service} exited while starting (exit code {state.exit_code}): {hint}", log
+                f"{service} exited while starting (exit code {code}): {_exit_hint(code, log)}",
+                log,
             )
         if state.health == "unhealthy":
             return UserError(f"{service} is unhealthy: see its log below", log)
@@ -161,6 +161,28 @@ def _start_failure(project: ComposeProject, stderr: str, timeout: float) -> User
                 log,
             )
     return UserError(f"docker compose up failed: {last_line(stderr)}")
+
+
+def _exit_code(project: ComposeProject, state: ServiceState) -> int:
+    """The last exit code; compose reports 0 for a container its restart policy is restarting."""
+    inspect = project.docker.run("inspect", "--format", "{{.State.ExitCode}}", state.container_id)
+    try:
+        return int(inspect.stdout.strip())
+    except ValueError:
+        return state.exit_code
+
+
+def _exit_hint(code: int, log: str) -> str:
+    if code == 64 and last_line(log):  # the image's start scripts say what is wrong, last
+        return last_line(log)
+    if code == 132:
+        return (
+            "illegal instruction: the image was built for another CPU; "
+            "rebuild with `invoke build --no-cache` on this machine"
+        )
+    if code == 137:
+        return "killed, most likely out of memory: use a smaller model or lower N_CTX"
+    return "check that the model is a valid file that fits in memory"
 
 
 def _remove_started(project: ComposeProject, before: dict[str, str]) -> None:

@@ -87,4 +87,8 @@ def llm_summary(settings: Settings) -> str:
     metrics = parse_metrics(response.text)
     if not metrics:
         return "llm-server: no known metrics"
-    return "llm-server: " + ", ".join(f"{k.split(':', 1)[1]}={v:g}" for k, v in metrics.items())
+    shown = (
+        f"{name.split(':', 1)[1]}={int(value) if value.is_integer() else round(value, 2)}"
+        for name, value in metrics.items()
+    )
+    return "llm-server: " + ", ".join(shown)

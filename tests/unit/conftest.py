@@ -2,15 +2,17 @@
 
 Nothing here talks to Docker or the network: `FakeRunner` stands in for
 `kcdev.docker_cli.run_subprocess`, records what would have run, and answers from a table.
+`ScriptedRunner`, `FakeClock` and `FakeReadiness` let the stack's lifecycle run the same way.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import pytest
 
@@ -95,3 +97,116 @@ def make_settings(missing_env_file: Path) -> MakeSettings:
         return load_settings(missing_env_file, environ={}, **overrides)
 
     return make
+
+
+@dataclass
+class ScriptedRunner(FakeRunner):
+    """A FakeRunner whose answer to a command can change from one call to the next.
+
+    `on_calls` queues results for a prefix: each matching call takes the next one and the last
+    repeats, as `compose ps` does when containers come and go during one `up`. A scripted prefix
+    beats a fixed rule of the same or shorter length.
+    """
+
+    scripts: dict[tuple[str, ...], list[Result]] = field(default_factory=dict)
+
+    def on_calls(self, *prefix: str, results: Sequence[Result]) -> None:
+        if not results:
+            raise ValueError("on_calls needs at least one result")
+        self.scripts[prefix] = list(results)
+
+    def result_for(self, argv: Sequence[str]) -> Result:
+        scripted = [p for p in self.scripts if tuple(argv[: len(p)]) == p]
+        fixed = [p for p in self.rules if tuple(argv[: len(p)]) == p]
+        if scripted and len(max(scripted, key=len)) >= max((len(p) for p in fixed), default=0):
+            queue = self.scripts[max(scripted, key=len)]
+            return queue.pop(0) if len(queue) > 1 else queue[0]
+        return super().result_for(argv)
+
+
+class FakeClock:
+    """Stands in for the `time` module: `sleep` advances `monotonic` instantly."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """A fake clock for the stack's deadlines and readiness polling: no test waits for real."""
+    from kcdev import readiness, stack
+
+    fake = FakeClock()
+    monkeypatch.setattr(stack, "time", fake)
+    monkeypatch.setattr(readiness, "time", fake)
+    return fake
+
+
+# --- the stack as compose and the readiness checks see it ------------------------------------
+
+
+def ps_entry(
+    service: str,
+    container_id: str,
+    *,
+    state: str = "running",
+    health: str = "healthy",
+    exit_code: int = 0,
+    port: int | None = None,
+) -> dict[str, Any]:
+    """One container as `docker compose ps --format json` (v2.40) describes it."""
+    publishers = [{"URL": "127.0.0.1", "TargetPort": port, "PublishedPort": port}] if port else []
+    return {
+        "ID": container_id,
+        "Name": f"kc-devenv-{service}-1",
+        "Project": "kc-devenv",
+        "Service": service,
+        "State": state,
+        "Health": health,
+        "ExitCode": exit_code,
+        "Status": "Up 3 seconds" if state == "running" else f"Exited ({exit_code})",
+        "Publishers": publishers,
+    }
+
+
+def ps_lines(*entries: dict[str, Any]) -> str:
+    return "".join(json.dumps(entry) + "\n" for entry in entries)
+
+
+def compose_subcommands(runner: FakeRunner) -> list[list[str]]:
+    """The compose commands run, without `docker compose --project-name N --file F...`."""
+    found = []
+    for argv in runner.argvs:
+        if argv[:3] != ["docker", "compose", "--project-name"]:
+            continue
+        rest = argv[4:]
+        while rest[:1] == ["--file"]:
+            rest = rest[2:]
+        found.append(rest)
+    return found
+
+
+@dataclass
+class FakeReadiness:
+    """Stand-ins for readiness.redis_ready and llm_ready: each call takes the next reason."""
+
+    redis: list[str | None] = field(default_factory=lambda: [None])
+    llm: list[str | None] = field(default_factory=lambda: [None])
+    redis_calls: list[tuple[str, int, str]] = field(default_factory=list)
+    llm_calls: list[tuple[str, str]] = field(default_factory=list)
+
+    def redis_ready(self, host: str, port: int, password: str, db: int = 0) -> str | None:
+        self.redis_calls.append((host, port, password))
+        return self.redis.pop(0) if len(self.redis) > 1 else self.redis[0]
+
+    def llm_ready(self, base_url: str, model: str, timeout: float = 30) -> str | None:
+        self.llm_calls.append((base_url, model))
+        return self.llm.pop(0) if len(self.llm) > 1 else self.llm[0]
