@@ -146,7 +146,7 @@ def _start_failure(project: ComposeProject, stderr: str, timeout: float) -> User
         if state is None:
             continue
         log = service_log(project, service)
-        if state.state in ("exited", "dead", "restarting"):
+        if state.state in ("exited", "dead", "restarting") or _restarts(project, state):
             code = _exit_code(project, state)
             return UserError(
                 f"{service} exited while starting (exit code {code}): {_exit_hint(code, log)}",
@@ -161,6 +161,15 @@ def _start_failure(project: ComposeProject, stderr: str, timeout: float) -> User
                 log,
             )
     return UserError(f"docker compose up failed: {last_line(stderr)}")
+
+
+def _restarts(project: ComposeProject, state: ServiceState) -> int:
+    """How often the restart policy restarted it: a crash loop can look running or unhealthy."""
+    inspect = project.docker.run("inspect", "--format", "{{.RestartCount}}", state.container_id)
+    try:
+        return int(inspect.stdout.strip())
+    except ValueError:
+        return 0
 
 
 def _exit_code(project: ComposeProject, state: ServiceState) -> int:

@@ -842,3 +842,24 @@ def test_restart_not_ready_in_time_names_the_service(
     assert str(error).startswith(
         "llm-server did not become ready within 5 s (LLM server does not answer (ConnectError))"
     )
+
+
+def test_up_crash_loop_reported_as_exit_even_when_compose_says_unhealthy(
+    make_project: MakeProject, runner: ScriptedRunner
+) -> None:
+    """A restart policy turns a crash into a loop that compose reports as unhealthy."""
+    project = make_project()
+    script_failed_up(
+        runner,
+        project,
+        after=ps_lines(
+            ps_entry("redis", "r1"),
+            ps_entry("llm-server", "l1", state="running", health="starting", exit_code=0),
+        ),
+    )
+    runner.on("docker", "inspect", "--format", "{{.RestartCount}}", "l1", stdout="3\n")
+    runner.on(*EXIT_CODE, stdout="1\n")
+
+    error = raised(lambda: stack.up(project, timeout=600, say=lambda _: None))
+
+    assert str(error).startswith("llm-server exited while starting (exit code 1): check")
