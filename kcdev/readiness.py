@@ -37,7 +37,7 @@ def redis_ready(host: str, port: int, password: str, db: int = 0) -> str | None:
         client.close()
 
 
-def llm_ready(base_url: str, model: str, timeout: float = 30) -> str | None:
+def llm_ready(base_url: str, model: str, timeout: float = 10) -> str | None:
     """None when `model` is listed and a one-token completion answers, else why not."""
     try:
         with httpx.Client(base_url=base_url, timeout=timeout) as client:

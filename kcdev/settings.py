@@ -228,6 +228,14 @@ class Settings:
         "Hugging Face model folder as the vLLM container sees it (HF_DIR is at /models)",
         _container_path("/models/"),
     )
+    vllm_variant: str = _setting(
+        "cuda",
+        "vLLM image: cuda (NVIDIA GPU required) or cpu (vLLM's CPU build; slow, but runs anywhere)",
+        _choice("cuda", "cpu"),
+    )
+    vllm_cpu_kvcache_space: int = _setting(
+        "1", "GiB of memory for vLLM's KV cache with the cpu variant", _int_between(1, 1024)
+    )
     tensor_parallel_size: int = _setting(
         "1", "GPUs vLLM splits the model across", _int_between(1, 64)
     )

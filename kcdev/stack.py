@@ -82,12 +82,57 @@ def preflight_problems(project: ComposeProject) -> list[str]:
     return [p for p in problems if p]
 
 
+@dataclass(frozen=True)
+class Container:
+    """What docker inspect says of one of the project's containers."""
+
+    service: str
+    container_id: str
+    status: str  # created, running, restarting, exited, dead, ...
+    exit_code: int
+    restarts: int
+    health: str  # healthy, unhealthy, starting, or "" without a healthcheck
+
+    def crashed_since(self, restarts_before: int) -> bool:
+        """Exited, or restarted by its restart policy since we looked (a crash loop can look
+        running; Docker keeps counting restarts from before, which are not ours to blame)."""
+        return self.status in ("exited", "dead", "restarting") or self.restarts > restarts_before
+
+
+def containers(project: ComposeProject) -> dict[str, Container]:
+    """The project's containers by service: two docker calls, far cheaper than `compose ps`."""
+    label = f"label=com.docker.compose.project={project.name}"
+    # Not one-off containers (`compose run`): they share the labels but are not the stack.
+    oneoff = "label=com.docker.compose.oneoff=False"
+    ids = project.docker.run("ps", "-aq", "--filter", label, "--filter", oneoff).stdout.split()
+    if not ids:
+        return {}
+    inspect = project.docker.run("inspect", *ids)
+    found: dict[str, Container] = {}
+    for entry in json.loads(inspect.stdout or "[]"):
+        state = entry.get("State") or {}
+        service = (entry.get("Config") or {}).get("Labels", {}).get("com.docker.compose.service")
+        if not service:
+            continue
+        found[service] = Container(
+            service=service,
+            container_id=entry["Id"],
+            status=state.get("Status", ""),
+            exit_code=int(state.get("ExitCode") or 0),
+            restarts=int(entry.get("RestartCount") or 0),
+            health=(state.get("Health") or {}).get("Status", ""),
+        )
+    return found
+
+
 def up(
     project: ComposeProject, *, timeout: float, keep_on_failure: bool = False, say: Say = print
 ) -> float:
     """Bring the backend's stack up and wait until it serves; returns the seconds it took.
 
     `timeout` bounds the wait for readiness, not a first image build (that can take minutes).
+    The wait polls the services themselves rather than `compose up --wait`, whose view is only as
+    fresh as the last healthcheck probe, and watches the containers for crashes meanwhile.
     """
     started = time.monotonic()
     problems = preflight_problems(project)
@@ -95,17 +140,16 @@ def up(
         raise UserError(problems[0])
     images.ensure_images(project, say=say)
     deadline = time.monotonic() + timeout
-    before = {s.service: s.container_id for s in service_states(project).values()}
+    found = containers(project)
+    before = {c.service: c.container_id for c in found.values()}
+    restarts = {c.container_id: c.restarts for c in found.values()}
     services = images.services_for(project.backend)
     say(f"starting {', '.join(services)} (backend {project.backend}, project {project.name})")
     try:
-        remaining = max(1, int(deadline - time.monotonic()))
-        result = project.run(
-            "up", "--detach", "--wait", "--wait-timeout", str(remaining), "--remove-orphans"
-        )
+        result = project.run("up", "--detach", "--remove-orphans")
         if result.returncode != 0:
-            raise _start_failure(project, result.stderr, timeout)
-        _wait_ready(project, deadline, timeout)
+            raise _start_failure(project, result.stderr, restarts)
+        _wait_ready(project, deadline, timeout, restarts)
     except UserError:
         if not keep_on_failure:
             _remove_started(project, before)
@@ -113,7 +157,29 @@ def up(
     return time.monotonic() - started
 
 
-def _wait_ready(project: ComposeProject, deadline: float, timeout: float) -> None:
+class _CrashWatch:
+    """Checks the containers for crashes at most once a second while readiness is polled."""
+
+    INTERVAL = 1.0
+
+    def __init__(self, project: ComposeProject, restarts: dict[str, int]) -> None:
+        self.project = project
+        self.restarts = restarts
+        self.services = images.services_for(project.backend)
+        self.checked = 0.0
+
+    def __call__(self) -> None:
+        if time.monotonic() - self.checked < self.INTERVAL:
+            return
+        self.checked = time.monotonic()
+        failure = _container_failure(self.project, self.services, self.restarts)
+        if failure is not None:
+            raise failure
+
+
+def _wait_ready(
+    project: ComposeProject, deadline: float, timeout: float, restarts: dict[str, int]
+) -> None:
     s = project.settings
     checks: list[tuple[str, Callable[[], str | None]]] = [
         ("redis", lambda: readiness.redis_ready(s.redis_host, s.redis_port, s.redis_password)),
@@ -121,64 +187,57 @@ def _wait_ready(project: ComposeProject, deadline: float, timeout: float) -> Non
     if project.backend != "none":
         model = s.served_model(project.backend)
         checks.append(("llm-server", lambda: readiness.llm_ready(s.llm_server_url, model)))
+    watch = _CrashWatch(project, restarts)
     for service, check in checks:
+
+        def watched(check: Callable[[], str | None] = check) -> str | None:
+            reason = check()
+            if reason is not None:
+                watch()
+            return reason
+
         try:
-            readiness.wait_until(check, deadline)
+            readiness.wait_until(watched, deadline)
         except readiness.NotReady as exc:
             raise UserError(
-                f"{service} did not become ready within {timeout:.0f} s ({exc}): "
-                "raise --timeout, or see its log below",
+                f"{service} not ready within {timeout:.0f} s ({exc}): raise --timeout "
+                "(large models load for minutes), or see its log below",
                 service_log(project, service),
             ) from None
 
 
-def _start_failure(project: ComposeProject, stderr: str, timeout: float) -> UserError:
-    """Name the cause of a failed `compose up --wait`, with the failing service's log."""
+def _start_failure(project: ComposeProject, stderr: str, restarts: dict[str, int]) -> UserError:
+    """Name the cause of a failed `compose up`, with the failing service's log."""
     text = stderr.lower()
     if "port is already allocated" in text or "address already in use" in text:
         return UserError(
             f"a port the stack publishes is taken ({last_line(stderr)}): "
             "stop the other program, or set REDIS_PORT / PORT in .env"
         )
-    states = service_states(project)
-    for service in images.services_for(project.backend):
-        state = states.get(service)
-        if state is None:
+    failure = _container_failure(project, images.services_for(project.backend), restarts)
+    return failure or UserError(f"docker compose up failed: {last_line(stderr)}")
+
+
+def _container_failure(
+    project: ComposeProject, services: list[str], restarts: dict[str, int]
+) -> UserError | None:
+    found = containers(project)
+    for service in services:
+        container = found.get(service)
+        if container is None:
             continue
-        log = service_log(project, service)
-        if state.state in ("exited", "dead", "restarting") or _restarts(project, state):
-            code = _exit_code(project, state)
+        if container.crashed_since(restarts.get(container.container_id, 0)):
+            log = service_log(project, service)
+            code = container.exit_code
             return UserError(
                 f"{service} exited while starting (exit code {code}): {_exit_hint(code, log)}",
                 log,
             )
-        if state.health == "unhealthy":
-            return UserError(f"{service} is unhealthy: see its log below", log)
-        if state.health == "starting":
+        if container.health == "unhealthy":
             return UserError(
-                f"{service} not ready within {timeout:.0f} s (still starting): "
-                "raise --timeout (large models load for minutes), or see its log below",
-                log,
+                f"{service} is unhealthy: see its log below", service_log(project, service)
             )
-    return UserError(f"docker compose up failed: {last_line(stderr)}")
-
-
-def _restarts(project: ComposeProject, state: ServiceState) -> int:
-    """How often the restart policy restarted it: a crash loop can look running or unhealthy."""
-    inspect = project.docker.run("inspect", "--format", "{{.RestartCount}}", state.container_id)
-    try:
-        return int(inspect.stdout.strip())
-    except ValueError:
-        return 0
-
-
-def _exit_code(project: ComposeProject, state: ServiceState) -> int:
-    """The last exit code; compose reports 0 for a container its restart policy is restarting."""
-    inspect = project.docker.run("inspect", "--format", "{{.State.ExitCode}}", state.container_id)
-    try:
-        return int(inspect.stdout.strip())
-    except ValueError:
-        return state.exit_code
+    return None
 
 
 def _exit_hint(code: int, log: str) -> str:
@@ -196,8 +255,8 @@ def _exit_hint(code: int, log: str) -> str:
 
 def _remove_started(project: ComposeProject, before: dict[str, str]) -> None:
     """Remove the containers this `up` created or recreated; volumes (data) are kept."""
-    after = service_states(project)
-    started = [s for s, state in after.items() if before.get(s) != state.container_id]
+    after = containers(project)
+    started = [s for s, c in after.items() if before.get(s) != c.container_id]
     if started:
         project.run("rm", "--stop", "--force", *started)
 
@@ -213,10 +272,11 @@ def restart(
     project: ComposeProject, service: str | None, *, timeout: float, say: Say = print
 ) -> float:
     started = time.monotonic()
+    restarts = {c.container_id: c.restarts for c in containers(project).values()}
     result = project.run("restart", *([service] if service else []))
     if result.returncode != 0:
         raise UserError(f"docker compose restart failed: {last_line(result.stderr)}")
-    _wait_ready(project, started + timeout, timeout)
+    _wait_ready(project, started + timeout, timeout, restarts)
     return time.monotonic() - started
 
 

@@ -210,3 +210,64 @@ class FakeReadiness:
     def llm_ready(self, base_url: str, model: str, timeout: float = 30) -> str | None:
         self.llm_calls.append((base_url, model))
         return self.llm.pop(0) if len(self.llm) > 1 else self.llm[0]
+
+
+# --- the project's containers as `docker ps` and `docker inspect` see them ----------------------
+
+
+def inspect_entry(
+    service: str | None,
+    container_id: str,
+    *,
+    status: str = "running",
+    exit_code: int = 0,
+    restarts: int = 0,
+    health: str | None = "healthy",
+    project: str = "kc-devenv",
+) -> dict[str, Any]:
+    """One container as `docker inspect` (Engine 20.10) describes it, trimmed to what matters.
+
+    `health=None` is a container without a healthcheck (no State.Health at all); `service=None`
+    one that carries the project label but no service label.
+    """
+    state: dict[str, Any] = {
+        "Status": status,
+        "Running": status == "running",
+        "Restarting": status == "restarting",
+        "Dead": status == "dead",
+        "ExitCode": exit_code,
+    }
+    if health is not None:
+        state["Health"] = {"Status": health, "FailingStreak": 0, "Log": []}
+    labels = {"com.docker.compose.project": project}
+    if service is not None:
+        labels["com.docker.compose.service"] = service
+    return {
+        "Id": container_id,
+        "Name": f"/{project}-{service}-1",
+        "RestartCount": restarts,
+        "State": state,
+        "Config": {"Labels": labels},
+    }
+
+
+def script_containers(
+    runner: ScriptedRunner, *snapshots: Sequence[dict[str, Any]], project: str = "kc-devenv"
+) -> None:
+    """Each look at the project's containers sees the next snapshot; the last one from then on.
+
+    `docker ps -aq` lists a snapshot's short ids and `docker inspect` of exactly those ids answers
+    with the snapshot's JSON array. Inspect answers queue per id list: a look always inspects the
+    ids its own `ps` listed, so snapshots sharing ids still come in order.
+    """
+    short = [tuple(entry["Id"][:12] for entry in snapshot) for snapshot in snapshots]
+    runner.on_calls(
+        "docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}",
+        results=[(0, "".join(f"{i}\n" for i in ids), "") for ids in short],
+    )  # fmt: skip
+    answers: dict[tuple[str, ...], list[Result]] = {}
+    for ids, snapshot in zip(short, snapshots, strict=True):
+        if ids:
+            answers.setdefault(ids, []).append((0, json.dumps(list(snapshot), indent=4) + "\n", ""))
+    for ids, results in answers.items():
+        runner.on_calls("docker", "inspect", *ids, results=results)

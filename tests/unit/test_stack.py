@@ -1,11 +1,13 @@
-"""The stack's lifecycle with Docker faked: preflight, `compose up --wait`, failures, cleanup."""
+"""The stack's lifecycle with Docker faked: preflight, `compose up`, the readiness wait and the
+crash watch beside it, failures, cleanup."""
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import pytest
 
@@ -13,7 +15,7 @@ from kcdev import paths, preflight, readiness, stack
 from kcdev.compose import BASE_FILE, GPU_FILE, PRE25_DIR, ComposeProject
 from kcdev.docker_cli import Docker
 from kcdev.errors import UserError
-from kcdev.stack import ServiceState
+from kcdev.stack import Container, ServiceState
 
 from .conftest import (
     FakeClock,
@@ -21,22 +23,34 @@ from .conftest import (
     MakeSettings,
     ScriptedRunner,
     compose_subcommands,
+    inspect_entry,
     ps_entry,
     ps_lines,
+    script_containers,
 )
 
 LLAMACPP_FILE = paths.DOCKER_DIR / "docker-compose.llamacpp.yml"
 VLLM_FILE = paths.DOCKER_DIR / "docker-compose.vllm.yml"
 PS_JSON = ("ps", "--all", "--format", "json")
-UP_ARGS = ["up", "--detach", "--wait", "--wait-timeout"]
-EXIT_CODE = ("docker", "inspect", "--format", "{{.State.ExitCode}}")
+UP = ["up", "--detach", "--remove-orphans"]
+PS_PROJECT = [
+    "docker", "ps", "-aq", "--filter", "label=com.docker.compose.project=kc-devenv",
+    "--filter", "label=com.docker.compose.oneoff=False",
+]  # fmt: skip
 RUNTIMES = ("docker", "info", "--format", "{{json .Runtimes}}")
 NVIDIA_RUNTIMES = '{"nvidia":{"path":"nvidia-container-runtime"},"runc":{"path":"runc"}}\n'
 LLM_LOG = "llama_model_loader: loaded meta data\nkc-llm-start: /models/model.gguf is not GGUF\n"
+LLM_DOWN = "LLM server does not answer (ConnectError)"
 PORT_TAKEN = (
     "Error response from daemon: driver failed programming external connectivity on endpoint "
     "kc-devenv-redis-1 (3f1c): Bind for 127.0.0.1:6379 failed: port is already allocated\n"
 )
+Snapshot = Sequence[dict[str, Any]]
+# The stack just after `compose up`: Redis already healthy, the LLM server loading its model.
+STARTING: Snapshot = [
+    inspect_entry("redis", "r1"),
+    inspect_entry("llm-server", "l1", health="starting"),
+]
 
 
 def compose_files_of(argv: list[str]) -> list[str]:
@@ -44,9 +58,17 @@ def compose_files_of(argv: list[str]) -> list[str]:
 
 
 def one_up_call(runner: ScriptedRunner) -> list[str]:
-    ups = [argv for argv in runner.argvs if "--wait" in argv]
+    ups = [argv for argv in runner.argvs if argv[-len(UP) :] == UP]
     assert len(ups) == 1, runner.argvs
     return ups[0]
+
+
+def llm_crashed(code: int, *, status: str = "exited", restarts: int = 0) -> Snapshot:
+    """Redis healthy; the LLM server (no longer probed) gone down with `code`."""
+    return [
+        inspect_entry("redis", "r1"),
+        inspect_entry("llm-server", "l1", status=status, exit_code=code, restarts=restarts),
+    ]
 
 
 class MakeProject(Protocol):
@@ -133,16 +155,47 @@ def script_failed_up(
     runner: ScriptedRunner,
     project: ComposeProject,
     *,
-    after: str,
-    before: str = "",
+    after: Snapshot,
+    before: Snapshot = (),
     stderr: str = "Error response from daemon: something failed\n",
     log: str = LLM_LOG,
 ) -> None:
-    """`compose up` fails; `compose ps` shows `before` first, `after` from then on."""
-    runner.on_calls(*compose(project, *PS_JSON), results=[(0, before, ""), (0, after, "")])
+    """`compose up` fails; the containers are `before` until then, `after` from then on."""
+    script_containers(runner, before, after)
     runner.on(*compose(project, "up"), returncode=1, stderr=stderr)
     runner.on(*compose(project, "logs"), stdout=log)
     runner.calls.clear()
+
+
+def script_up(
+    runner: ScriptedRunner,
+    project: ComposeProject,
+    *looks: Snapshot,
+    before: Snapshot = (),
+    log: str = LLM_LOG,
+) -> None:
+    """`compose up` succeeds; the containers are `before` until then, and each later look at them
+    (the crash watch's, the cleanup's) sees the next of `looks`, the last one from then on."""
+    script_containers(runner, before, *looks)
+    runner.on(*compose(project, "logs"), stdout=log)
+    runner.calls.clear()
+
+
+def record_container_looks(monkeypatch: pytest.MonkeyPatch, clock: FakeClock) -> list[float]:
+    """The fake time of every call to `stack.containers`, which still answers from the runner."""
+    looks: list[float] = []
+    real = stack.containers
+
+    def recorded(project: ComposeProject) -> dict[str, Container]:
+        looks.append(clock.now)
+        return real(project)
+
+    monkeypatch.setattr(stack, "containers", recorded)
+    return looks
+
+
+def removals(runner: ScriptedRunner) -> list[list[str]]:
+    return [cmd for cmd in compose_subcommands(runner) if cmd[0] == "rm"]
 
 
 def raised(call: Callable[[], object]) -> UserError:
@@ -298,6 +351,118 @@ def test_running_backend_reads_the_llm_servers_compose_files_label(
     ]
 
 
+# --- containers: `docker ps` for the ids, one `docker inspect` for all of them -----------------
+
+LLM_ID = "5f0c3e1a9b7d" + "4e2a" * 13  # a full id: `docker ps -q` prints its first 12 characters
+
+
+def test_containers_lists_the_projects_ids_then_inspects_them_in_one_call(
+    make_project: MakeProject, runner: ScriptedRunner
+) -> None:
+    project = make_project()
+    script_containers(
+        runner,
+        [
+            inspect_entry("redis", "r1"),
+            inspect_entry(
+                "llm-server",
+                LLM_ID,
+                status="restarting",
+                exit_code=137,
+                restarts=2,
+                health="unhealthy",
+            ),
+        ],
+    )
+    runner.calls.clear()
+
+    found = stack.containers(project)
+
+    assert found == {
+        "redis": Container("redis", "r1", "running", 0, 0, "healthy"),
+        "llm-server": Container("llm-server", LLM_ID, "restarting", 137, 2, "unhealthy"),
+    }
+    assert runner.argvs == [PS_PROJECT, ["docker", "inspect", "r1", LLM_ID[:12]]]
+
+
+def test_containers_of_the_settings_project(
+    make_project: MakeProject, runner: ScriptedRunner
+) -> None:
+    project = make_project(compose_project_name="other_stack")
+
+    assert stack.containers(project) == {}
+    assert runner.argvs == [
+        ["docker", "ps", "-aq", "--filter", "label=com.docker.compose.project=other_stack",
+         "--filter", "label=com.docker.compose.oneoff=False"]  # fmt: skip
+    ]
+
+
+def test_containers_without_any_inspects_nothing(
+    make_project: MakeProject, runner: ScriptedRunner
+) -> None:
+    assert stack.containers(make_project()) == {}
+    assert runner.argvs == [PS_PROJECT]
+
+
+def test_containers_ignores_containers_without_a_service_label(
+    make_project: MakeProject, runner: ScriptedRunner
+) -> None:
+    project = make_project()
+    script_containers(
+        runner,
+        [inspect_entry(None, "x1", status="exited", exit_code=1), inspect_entry("redis", "r1")],
+    )
+
+    assert list(stack.containers(project)) == ["redis"]
+
+
+def test_containers_without_a_healthcheck_or_restart_count_reads_as_blank_and_zero(
+    make_project: MakeProject, runner: ScriptedRunner
+) -> None:
+    project = make_project()
+    entry = inspect_entry("redis", "r1", health=None)
+    del entry["RestartCount"], entry["State"]["ExitCode"]
+    script_containers(runner, [entry])
+
+    assert stack.containers(project) == {"redis": Container("redis", "r1", "running", 0, 0, "")}
+
+
+def test_containers_skips_one_removed_between_ps_and_inspect(
+    make_project: MakeProject, runner: ScriptedRunner
+) -> None:
+    """`docker inspect` fails for the missing id but still describes the others."""
+    project = make_project()
+    runner.on(*PS_PROJECT, stdout="r1\nl1\n")
+    runner.on(
+        "docker",
+        "inspect",
+        "r1",
+        "l1",
+        returncode=1,
+        stdout=json.dumps([inspect_entry("redis", "r1")]) + "\n",
+        stderr="Error: No such object: l1\n",
+    )
+
+    assert list(stack.containers(project)) == ["redis"]
+
+
+@pytest.mark.parametrize(
+    ("status", "restarts", "crashed"),
+    [
+        ("created", 0, False),
+        ("running", 0, False),
+        ("exited", 0, True),
+        ("dead", 0, True),
+        ("restarting", 0, True),
+        ("running", 1, True),  # a crash loop between two restarts
+    ],
+)
+def test_container_crashed_when_down_or_restarted_by_its_policy(
+    status: str, restarts: int, crashed: bool
+) -> None:
+    assert Container("redis", "r1", status, 1, restarts, "").crashed_since(0) is crashed
+
+
 # --- up: preflight stops it before anything runs ---------------------------------------------
 
 PREFLIGHT_COMMANDS = (["docker", "ps"], ["docker", "info"], ["docker", "inspect"])
@@ -417,7 +582,7 @@ def test_up_rerun_on_a_running_stack_does_not_count_its_own_ports_as_taken(
         ("vllm", "0", [BASE_FILE, VLLM_FILE, GPU_FILE]),
     ],
 )
-def test_up_runs_compose_up_wait_with_the_backends_files(
+def test_up_runs_compose_up_detached_with_the_backends_files(
     make_project: MakeProject,
     runner: ScriptedRunner,
     backend: str,
@@ -432,10 +597,7 @@ def test_up_runs_compose_up_wait_with_the_backends_files(
     up = one_up_call(runner)
     assert up[:4] == ["docker", "compose", "--project-name", "kc-devenv"]
     assert compose_files_of(up) == [str(path) for path in files]
-    assert compose_subcommands(runner) == [
-        list(PS_JSON),
-        [*UP_ARGS, "90", "--remove-orphans"],
-    ]
+    assert compose_subcommands(runner) == [UP]
 
 
 def test_up_on_an_old_engine_adds_the_pre25_files(
@@ -455,14 +617,6 @@ def test_up_on_an_old_engine_adds_the_pre25_files(
             PRE25_DIR / "llm-server.yml",
         )
     ]
-
-
-def test_up_gives_compose_at_least_one_second(
-    make_project: MakeProject, runner: ScriptedRunner
-) -> None:
-    stack.up(make_project(), timeout=0.3, say=lambda _: None)
-
-    assert compose_subcommands(runner)[-1] == [*UP_ARGS, "1", "--remove-orphans"]
 
 
 def test_up_says_what_it_starts_and_returns_the_time_taken(
@@ -509,6 +663,18 @@ def test_up_asks_vllm_for_the_folder_name_as_model(
     assert ready.llm_calls == [("http://127.0.0.1:8000", "model")]
 
 
+def test_up_of_services_ready_at_once_looks_at_the_containers_only_before_starting(
+    make_project: MakeProject, runner: ScriptedRunner
+) -> None:
+    """The crash watch runs only while a readiness check fails."""
+    project = make_project()
+    script_up(runner, project, STARTING)
+
+    stack.up(project, timeout=600, say=lambda _: None)
+
+    assert runner.argvs.count(PS_PROJECT) == 1
+
+
 @pytest.mark.parametrize(
     ("service", "reason"),
     [
@@ -527,42 +693,34 @@ def test_up_not_ready_by_the_deadline_names_the_service_and_reason(
     project = make_project()
     ready.redis = [reason if service == "redis" else None]
     ready.llm = [reason if service == "llm-server" else None]
-    runner.on_calls(
-        *compose(project, *PS_JSON),
-        results=[
-            (0, "", ""),
-            (0, ps_lines(ps_entry("redis", "r1"), ps_entry("llm-server", "l1")), ""),
-        ],
-    )
-    runner.on(*compose(project, "logs"), stdout="last words\n")
-    runner.calls.clear()
+    script_up(runner, project, STARTING, log="last words\n")
     start = clock.now
 
     error = raised(lambda: stack.up(project, timeout=30, say=lambda _: None))
 
     assert str(error) == (
-        f"{service} did not become ready within 30 s ({reason}): "
-        "raise --timeout, or see its log below"
+        f"{service} not ready within 30 s ({reason}): "
+        "raise --timeout (large models load for minutes), or see its log below"
     )
     assert error.details == f"--- last 20 lines of {service}'s log ---\nlast words"
     assert clock.now - start == pytest.approx(30, abs=readiness.POLL)
-    assert compose_subcommands(runner)[-1] == ["rm", "--stop", "--force", "redis", "llm-server"]
+    assert removals(runner) == [["rm", "--stop", "--force", "redis", "llm-server"]]
     if service == "redis":
         assert ready.llm_calls == []
 
 
-# --- up: why `compose up --wait` failed ------------------------------------------------------
+# --- up: `compose up` itself fails -----------------------------------------------------------
 
 
 def test_up_port_already_allocated_names_the_port_settings(
-    make_project: MakeProject, runner: ScriptedRunner
+    make_project: MakeProject, runner: ScriptedRunner, ready: FakeReadiness
 ) -> None:
     project = make_project()
     script_failed_up(
         runner,
         project,
         stderr=" Container kc-devenv-redis-1  Starting\n" + PORT_TAKEN,
-        after=ps_lines(ps_entry("redis", "r1", state="created", health="")),
+        after=[inspect_entry("redis", "r1", status="created", health=None)],
     )
 
     error = raised(lambda: stack.up(project, timeout=600, say=lambda _: None))
@@ -571,90 +729,150 @@ def test_up_port_already_allocated_names_the_port_settings(
         f"a port the stack publishes is taken ({PORT_TAKEN.strip()}): "
         "stop the other program, or set REDIS_PORT / PORT in .env"
     )
-    assert compose_subcommands(runner)[-1] == ["rm", "--stop", "--force", "redis"]
+    assert removals(runner) == [["rm", "--stop", "--force", "redis"]]
+    assert ready.redis_calls == []
 
 
-@pytest.mark.parametrize(
-    ("code", "hint"),
-    [
-        (64, "kc-llm-start: /models/model.gguf is not GGUF"),
-        (
-            132,
-            "illegal instruction: the image was built for another CPU; "
-            "rebuild with `invoke build --no-cache` on this machine",
-        ),
-        (137, "killed, most likely out of memory: use a smaller model or lower N_CTX"),
-        (1, "check that the model is a valid file that fits in memory"),
-    ],
-)
-def test_up_service_that_exited_gets_a_hint_by_exit_code(
-    make_project: MakeProject, runner: ScriptedRunner, code: int, hint: str
+def test_up_failure_explained_by_a_container_that_exited(
+    make_project: MakeProject, runner: ScriptedRunner, ready: FakeReadiness
 ) -> None:
     project = make_project()
     script_failed_up(
         runner,
         project,
-        after=ps_lines(
-            ps_entry("redis", "r1"),
-            ps_entry("llm-server", "l1", state="exited", health="", exit_code=code),
-        ),
+        after=[inspect_entry("redis", "r1", status="dead", exit_code=132, health=None)],
+        log="",
     )
-    runner.on(*EXIT_CODE, stdout=f"{code}\n")
+
+    error = raised(lambda: stack.up(project, timeout=600, say=lambda _: None))
+
+    assert str(error) == (
+        "redis exited while starting (exit code 132): illegal instruction: the image was built "
+        "for another CPU; rebuild with `invoke build --no-cache` on this machine"
+    )
+    assert ready.redis_calls == []
+
+
+@pytest.mark.parametrize(
+    ("stderr", "after"),
+    [
+        ("validating docker-compose.yml: services.redis Additional property x\n", []),
+        (
+            "Error response from daemon: failed to create shim task: OCI runtime create failed: "
+            'exec: "kc-redis-start": executable file not found in $PATH: unknown\n',
+            [inspect_entry("redis", "r1", status="created", exit_code=127, health=None)],
+        ),
+    ],
+)
+def test_up_failure_without_a_known_cause_quotes_compose(
+    make_project: MakeProject, runner: ScriptedRunner, stderr: str, after: Snapshot
+) -> None:
+    project = make_project()
+    script_failed_up(runner, project, stderr=stderr, after=after)
+
+    error = raised(lambda: stack.up(project, timeout=600, say=lambda _: None))
+
+    assert str(error) == f"docker compose up failed: {stderr.strip()}"
+
+
+# --- up: the crash watch beside the readiness wait -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "log", "hint"),
+    [
+        (64, LLM_LOG, "kc-llm-start: /models/model.gguf is not GGUF"),
+        (64, "", "check that the model is a valid file that fits in memory"),
+        (
+            132,
+            LLM_LOG,
+            "illegal instruction: the image was built for another CPU; "
+            "rebuild with `invoke build --no-cache` on this machine",
+        ),
+        (137, LLM_LOG, "killed, most likely out of memory: use a smaller model or lower N_CTX"),
+        (1, LLM_LOG, "check that the model is a valid file that fits in memory"),
+    ],
+)
+def test_up_service_that_exited_gets_a_hint_by_exit_code(
+    make_project: MakeProject,
+    runner: ScriptedRunner,
+    ready: FakeReadiness,
+    code: int,
+    log: str,
+    hint: str,
+) -> None:
+    project = make_project()
+    ready.llm = [LLM_DOWN]
+    script_up(runner, project, llm_crashed(code), log=log)
 
     error = raised(lambda: stack.up(project, timeout=600, say=lambda _: None))
 
     assert str(error) == f"llm-server exited while starting (exit code {code}): {hint}"
-    assert error.details == f"--- last 20 lines of llm-server's log ---\n{LLM_LOG.strip()}"
-    assert [*EXIT_CODE, "l1"] in runner.argvs
+    assert error.details == (
+        f"--- last 20 lines of llm-server's log ---\n{log.strip()}" if log else ""
+    )
+    assert_one_line(error)
 
 
-def test_up_restarting_service_takes_its_exit_code_from_docker_inspect(
-    make_project: MakeProject, runner: ScriptedRunner
+def test_up_redis_that_died_is_reported_while_waiting_for_redis(
+    make_project: MakeProject, runner: ScriptedRunner, ready: FakeReadiness
 ) -> None:
-    """Compose says ExitCode 0 for a container its restart policy is bringing back."""
     project = make_project()
-    script_failed_up(
+    ready.redis = ["Redis does not answer (Connection refused)"]
+    script_up(
         runner,
         project,
-        after=ps_lines(
-            ps_entry("redis", "r1"),
-            ps_entry("llm-server", "l1", state="restarting", health="", exit_code=0),
-        ),
+        [inspect_entry("redis", "r1", status="dead", exit_code=137), STARTING[1]],
+        log="Killed\n",
     )
-    runner.on(*EXIT_CODE, stdout="137\n")
 
     error = raised(lambda: stack.up(project, timeout=600, say=lambda _: None))
 
-    assert str(error).startswith("llm-server exited while starting (exit code 137): killed")
-    assert_one_line(error)
+    assert str(error).startswith("redis exited while starting (exit code 137): killed")
+    assert error.details == "--- last 20 lines of redis's log ---\nKilled"
+    assert ready.llm_calls == []
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "health", "hint"),
+    [
+        ("restarting", 137, "starting", "killed, most likely out of memory"),
+        ("running", 0, "starting", "check that the model"),  # running again, between two crashes
+        ("running", 0, "unhealthy", "check that the model"),  # a crash, not just unhealthy
+    ],
+)
+def test_up_crash_loop_is_reported_as_a_crash(
+    make_project: MakeProject,
+    runner: ScriptedRunner,
+    ready: FakeReadiness,
+    status: str,
+    code: int,
+    health: str,
+    hint: str,
+) -> None:
+    """The restart policy turns a crash into a loop: the restart count gives it away."""
+    project = make_project()
+    ready.llm = [LLM_DOWN]
+    crash_loop = inspect_entry(
+        "llm-server", "l1", status=status, exit_code=code, restarts=3, health=health
+    )
+    script_up(runner, project, [STARTING[0], crash_loop])
+
+    error = raised(lambda: stack.up(project, timeout=600, say=lambda _: None))
+
+    assert str(error).startswith(f"llm-server exited while starting (exit code {code}): {hint}")
     assert "kc-llm-start" in error.details
 
 
-def test_up_exit_code_falls_back_to_compose_when_inspect_fails(
-    make_project: MakeProject, runner: ScriptedRunner
-) -> None:
-    project = make_project()
-    script_failed_up(
-        runner,
-        project,
-        after=ps_lines(ps_entry("redis", "r1", state="dead", health="", exit_code=132)),
-    )
-    runner.on(*EXIT_CODE, returncode=1, stderr="Error: No such object: r1\n")
-
-    error = raised(lambda: stack.up(project, timeout=600, say=lambda _: None))
-
-    assert str(error).startswith("redis exited while starting (exit code 132): illegal instruction")
-
-
 def test_up_unhealthy_service_says_so_with_its_log(
-    make_project: MakeProject, runner: ScriptedRunner
+    make_project: MakeProject, runner: ScriptedRunner, ready: FakeReadiness
 ) -> None:
     project = make_project()
-    script_failed_up(
+    ready.redis = ["Redis refused the password: check REDIS_PASSWORD"]
+    script_up(
         runner,
         project,
-        stderr="dependency failed to start: container kc-devenv-redis-1 is unhealthy\n",
-        after=ps_lines(ps_entry("redis", "r1", health="unhealthy")),
+        [inspect_entry("redis", "r1", health="unhealthy"), STARTING[1]],
         log="NOAUTH Authentication required.\n",
     )
 
@@ -664,116 +882,127 @@ def test_up_unhealthy_service_says_so_with_its_log(
     assert error.details == "--- last 20 lines of redis's log ---\nNOAUTH Authentication required."
 
 
-def test_up_still_starting_at_the_timeout_says_raise_timeout(
-    make_project: MakeProject, runner: ScriptedRunner
+def test_up_crash_watch_looks_at_the_containers_at_most_once_a_second(
+    make_project: MakeProject,
+    runner: ScriptedRunner,
+    ready: FakeReadiness,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     project = make_project()
-    script_failed_up(
-        runner,
-        project,
-        stderr="container kc-devenv-llm-server-1 exited (1)\ntimeout waiting for containers\n",
-        after=ps_lines(ps_entry("redis", "r1"), ps_entry("llm-server", "l1", health="starting")),
-    )
+    ready.llm = ["loading"]
+    script_up(runner, project, STARTING)
+    looks = record_container_looks(monkeypatch, clock)
 
-    error = raised(lambda: stack.up(project, timeout=45, say=lambda _: None))
+    raised(lambda: stack.up(project, timeout=10, say=lambda _: None))
 
-    assert str(error) == (
-        "llm-server not ready within 45 s (still starting): "
-        "raise --timeout (large models load for minutes), or see its log below"
-    )
-    assert "kc-llm-start" in error.details
+    watch = looks[1:-1]  # the first look is before `compose up`, the last the cleanup's
+    assert 9 <= len(watch) <= 11, watch
+    assert all(later - earlier >= 1.0 for earlier, later in itertools.pairwise(watch)), watch
+    assert len(ready.llm_calls) >= 4 * len(watch), "readiness is polled more often than that"
 
 
-def test_up_failure_without_a_known_cause_quotes_compose(
-    make_project: MakeProject, runner: ScriptedRunner
+def test_up_crash_seen_mid_wait_ends_the_wait_early(
+    make_project: MakeProject, runner: ScriptedRunner, ready: FakeReadiness, clock: FakeClock
 ) -> None:
     project = make_project()
-    script_failed_up(
-        runner,
-        project,
-        stderr="validating docker-compose.yml: services.redis Additional property x\n",
-        after="",
-    )
+    ready.llm = [LLM_DOWN]  # the readiness check alone would keep failing until the deadline
+    script_up(runner, project, STARTING, STARTING, llm_crashed(137))
+    start = clock.now
 
     error = raised(lambda: stack.up(project, timeout=600, say=lambda _: None))
 
-    assert str(error) == (
-        "docker compose up failed: validating docker-compose.yml: services.redis "
-        "Additional property x"
+    assert str(error).startswith("llm-server exited while starting (exit code 137): killed")
+    assert 2 <= clock.now - start < 3  # the third look, two seconds in
+    assert len(ready.llm_calls) > 10
+    assert removals(runner) == [["rm", "--stop", "--force", "redis", "llm-server"]]
+
+
+def test_up_does_not_blame_a_running_service_for_restarts_before_this_up(
+    make_project: MakeProject, runner: ScriptedRunner, ready: FakeReadiness
+) -> None:
+    """Redis restarted once by its policy days ago and has served since; `compose up` leaves it
+    alone and recreates only the LLM server, which loads for a while."""
+    project = make_project()
+    ready.llm = ["loading", "loading", None]
+    old_redis = inspect_entry("redis", "r1", restarts=1)
+    script_up(
+        runner,
+        project,
+        [old_redis, inspect_entry("llm-server", "l2", health="starting")],
+        before=[old_redis, inspect_entry("llm-server", "l1")],
     )
+
+    stack.up(project, timeout=600, say=lambda _: None)
 
 
 # --- up: cleanup after a failure -------------------------------------------------------------
 
 
 def test_up_failure_removes_only_containers_it_created(
-    make_project: MakeProject, runner: ScriptedRunner
+    make_project: MakeProject, runner: ScriptedRunner, ready: FakeReadiness
 ) -> None:
     project = make_project()
-    script_failed_up(
-        runner,
-        project,
-        before=ps_lines(ps_entry("redis", "r1")),
-        after=ps_lines(
-            ps_entry("redis", "r1"), ps_entry("llm-server", "l1", state="exited", health="")
-        ),
-    )
+    ready.llm = [LLM_DOWN]
+    script_up(runner, project, llm_crashed(1), before=[inspect_entry("redis", "r1")])
 
     raised(lambda: stack.up(project, timeout=600, say=lambda _: None))
 
-    removals = [cmd for cmd in compose_subcommands(runner) if cmd[0] == "rm"]
-    assert removals == [["rm", "--stop", "--force", "llm-server"]]
+    assert removals(runner) == [["rm", "--stop", "--force", "llm-server"]]
 
 
 def test_up_failure_removes_containers_it_recreated(
-    make_project: MakeProject, runner: ScriptedRunner
+    make_project: MakeProject, runner: ScriptedRunner, ready: FakeReadiness
 ) -> None:
     project = make_project()
-    script_failed_up(
+    ready.llm = ["loading"]
+    script_up(
         runner,
         project,
-        before=ps_lines(ps_entry("redis", "r0"), ps_entry("llm-server", "l0")),
-        after=ps_lines(ps_entry("redis", "r0"), ps_entry("llm-server", "l1", health="starting")),
+        [inspect_entry("redis", "r0"), inspect_entry("llm-server", "l1", health="starting")],
+        before=[inspect_entry("redis", "r0"), inspect_entry("llm-server", "l0")],
     )
 
-    raised(lambda: stack.up(project, timeout=600, say=lambda _: None))
+    error = raised(lambda: stack.up(project, timeout=5, say=lambda _: None))
 
-    removals = [cmd for cmd in compose_subcommands(runner) if cmd[0] == "rm"]
-    assert removals == [["rm", "--stop", "--force", "llm-server"]]
+    assert str(error).startswith("llm-server not ready within 5 s (loading)")
+    assert removals(runner) == [["rm", "--stop", "--force", "llm-server"]]
 
 
 def test_up_failure_leaves_unchanged_containers_alone(
-    make_project: MakeProject, runner: ScriptedRunner
+    make_project: MakeProject, runner: ScriptedRunner, ready: FakeReadiness
 ) -> None:
     project = make_project()
-    running = ps_lines(ps_entry("redis", "r1"), ps_entry("llm-server", "l1", health="unhealthy"))
-    script_failed_up(runner, project, before=running, after=running)
+    ready.llm = ["one-token completion answered 500: boom"]
+    running = [inspect_entry("redis", "r1"), inspect_entry("llm-server", "l1", health="unhealthy")]
+    script_up(runner, project, running, before=running)
 
-    raised(lambda: stack.up(project, timeout=600, say=lambda _: None))
+    error = raised(lambda: stack.up(project, timeout=600, say=lambda _: None))
 
-    assert [cmd for cmd in compose_subcommands(runner) if cmd[0] == "rm"] == []
+    assert str(error) == "llm-server is unhealthy: see its log below"
+    assert removals(runner) == []
 
 
 def test_up_keep_on_failure_removes_nothing(
-    make_project: MakeProject, runner: ScriptedRunner
+    make_project: MakeProject, runner: ScriptedRunner, ready: FakeReadiness
 ) -> None:
     project = make_project()
-    script_failed_up(
-        runner,
-        project,
-        after=ps_lines(ps_entry("redis", "r1"), ps_entry("llm-server", "l1", state="exited")),
-    )
+    ready.llm = [LLM_DOWN]
+    script_up(runner, project, llm_crashed(1))
 
     error = raised(lambda: stack.up(project, timeout=600, keep_on_failure=True, say=lambda _: None))
 
     assert str(error).startswith("llm-server exited while starting")
-    assert [cmd for cmd in compose_subcommands(runner) if cmd[0] == "rm"] == []
+    assert removals(runner) == []
 
 
 def test_up_success_removes_nothing(make_project: MakeProject, runner: ScriptedRunner) -> None:
-    stack.up(make_project(), timeout=600, say=lambda _: None)
+    project = make_project()
+    script_up(runner, project, STARTING)
 
-    assert [cmd for cmd in compose_subcommands(runner) if cmd[0] == "rm"] == []
+    stack.up(project, timeout=600, say=lambda _: None)
+
+    assert removals(runner) == []
 
 
 # --- down and restart ------------------------------------------------------------------------
@@ -839,27 +1068,22 @@ def test_restart_not_ready_in_time_names_the_service(
 
     error = raised(lambda: stack.restart(make_project(), None, timeout=5, say=lambda _: None))
 
-    assert str(error).startswith(
-        "llm-server did not become ready within 5 s (LLM server does not answer (ConnectError))"
+    assert str(error) == (
+        "llm-server not ready within 5 s (LLM server does not answer (ConnectError)): "
+        "raise --timeout (large models load for minutes), or see its log below"
     )
 
 
-def test_up_crash_loop_reported_as_exit_even_when_compose_says_unhealthy(
-    make_project: MakeProject, runner: ScriptedRunner
+def test_restart_reports_a_crash_seen_while_waiting(
+    make_project: MakeProject, runner: ScriptedRunner, ready: FakeReadiness
 ) -> None:
-    """A restart policy turns a crash into a loop that compose reports as unhealthy."""
     project = make_project()
-    script_failed_up(
-        runner,
-        project,
-        after=ps_lines(
-            ps_entry("redis", "r1"),
-            ps_entry("llm-server", "l1", state="running", health="starting", exit_code=0),
-        ),
-    )
-    runner.on("docker", "inspect", "--format", "{{.RestartCount}}", "l1", stdout="3\n")
-    runner.on(*EXIT_CODE, stdout="1\n")
+    ready.llm = [LLM_DOWN]
+    script_containers(runner, llm_crashed(137))
+    runner.on(*compose(project, "logs"), stdout=LLM_LOG)
 
-    error = raised(lambda: stack.up(project, timeout=600, say=lambda _: None))
+    error = raised(lambda: stack.restart(project, "llm-server", timeout=60, say=lambda _: None))
 
-    assert str(error).startswith("llm-server exited while starting (exit code 1): check")
+    assert str(error).startswith("llm-server exited while starting (exit code 137): killed")
+    assert compose_subcommands(runner)[0] == ["restart", "llm-server"]
+    assert removals(runner) == []

@@ -29,8 +29,10 @@ from .conftest import (
     MakeSettings,
     ScriptedRunner,
     compose_subcommands,
+    inspect_entry,
     ps_entry,
     ps_lines,
+    script_containers,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -133,7 +135,7 @@ def test_up_backend_none_prints_redis_only(
     out = capsys.readouterr().out
     assert "redis      redis://127.0.0.1:6379/0" in out
     assert "llm-server" not in out.split("\n", 1)[1]
-    (up,) = [argv for argv in runner.argvs if "--wait" in argv]
+    (up,) = [argv for argv in runner.argvs if argv[-3:] == ["up", "--detach", "--remove-orphans"]]
     assert [up[i + 1] for i, arg in enumerate(up) if arg == "--file"] == [str(BASE_FILE)]
 
 
@@ -141,24 +143,23 @@ def test_up_failure_prints_one_error_line_then_the_log(
     tasks: ModuleType,
     runner: ScriptedRunner,
     settings: Settings,
+    ready: FakeReadiness,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    prefix = compose_prefix(settings, "llamacpp", runner)
-    runner.on_calls(
-        *prefix,
-        *PS_JSON,
-        results=[
-            (0, "", ""),
-            (
-                0,
-                ps_lines(ps_entry("redis", "r1"), ps_entry("llm-server", "l1", state="exited")),
-                "",
-            ),
+    ready.llm = ["LLM server does not answer (ConnectError)"]
+    script_containers(
+        runner,
+        [],
+        [
+            inspect_entry("redis", "r1"),
+            inspect_entry("llm-server", "l1", status="exited", exit_code=1, health="unhealthy"),
         ],
     )
-    runner.on(*prefix, "up", returncode=1, stderr="container kc-devenv-llm-server-1 exited (1)\n")
-    runner.on(*prefix, "logs", stdout="error: failed to load model\n")
-    runner.on("docker", "inspect", "--format", "{{.State.ExitCode}}", stdout="1\n")
+    runner.on(
+        *compose_prefix(settings, "llamacpp", runner),
+        "logs",
+        stdout="error: failed to load model\n",
+    )
 
     exits(functools.partial(tasks.up, Context(), backend="llamacpp"))
 
