@@ -9,7 +9,7 @@ from invoke.context import Context
 from invoke.tasks import task
 
 from kcdev import doctor as doctor_checks
-from kcdev import images, stack, status
+from kcdev import images, local_models, stack, status
 from kcdev.cli import confirm, number, one_line_errors, say
 from kcdev.compose import ComposeProject, check_backend
 from kcdev.docker_cli import Docker
@@ -139,3 +139,50 @@ def doctor(c: Context, backend: str | None = None) -> None:
         failed += not check.ok
     if failed:
         raise UserError(f"{failed} check(s) failed: see the FAIL lines above")
+
+
+@task(
+    help={
+        "preset": "model from kcdev/model_presets.toml (default: gemma-3-270m; "
+        "qwen2.5-0.5b-instruct for vllm)",
+        "repo": "Hugging Face Hub repo OWNER/NAME: one --file for llamacpp, a snapshot for vllm",
+        "file": "the GGUF file inside --repo",
+        "revision": "branch, tag or commit of --repo (default: main)",
+        "url": "any http(s) URL of a GGUF file; needs --sha256",
+        "sha256": "the file's sha256 (64 hex digits): required with --url, a pin with --repo",
+        "backend": "llamacpp (a GGUF file into GGUF_DIR) or vllm (a Hub snapshot into HF_DIR); "
+        "default: LLM_BACKEND",
+        "name": "file or folder name to save as (default: the file's or the repo's name)",
+        "allow_pickle": "vllm: accept a repo whose only weights are pickled .bin files",
+        "dry_run": "say what would be fetched, from where, into where; change nothing",
+        "no_env": "leave .env alone (default: point MODEL_PATH/MODEL_NAME at the model)",
+    }
+)
+@one_line_errors
+def fetch_model(
+    c: Context,
+    preset: str | None = None,
+    repo: str | None = None,
+    file: str | None = None,
+    revision: str | None = None,
+    url: str | None = None,
+    sha256: str | None = None,
+    backend: str | None = None,
+    name: str | None = None,
+    allow_pickle: bool = False,
+    dry_run: bool = False,
+    no_env: bool = False,
+) -> None:
+    """Download a model (resumable, sha256-verified) and point .env at it; default: Gemma 3 270M."""
+    # Imported here: huggingface_hub adds ~0.25 s to every `invoke` command otherwise.
+    from kcdev.fetch_model import FetchRequest, ModelFetcher
+
+    request = FetchRequest(preset, repo, file, revision, url, sha256, backend, name, allow_pickle)
+    ModelFetcher(load_settings(), say=say).run(request, dry_run=dry_run, no_env=no_env)
+
+
+@task
+@one_line_errors
+def models(c: Context) -> None:
+    """List the local models: size, verified or not, and which one the settings use."""
+    say(local_models.report(load_settings()))
