@@ -5,15 +5,19 @@ Each task reads the settings, calls one helper from the kcdev package, and repor
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from invoke.context import Context
 from invoke.tasks import task
 
+from kcdev import backups as backup_files
 from kcdev import doctor as doctor_checks
-from kcdev import images, local_models, stack, status
+from kcdev import images, local_models, redis_backup, redis_restore, stack, status
 from kcdev.cli import confirm, number, one_line_errors, say
 from kcdev.compose import ComposeProject, check_backend
 from kcdev.docker_cli import Docker
 from kcdev.errors import UserError
+from kcdev.redis_target import target_from_project
 from kcdev.settings import load_settings
 
 BACKEND_HELP = "llamacpp, vllm or none (Redis alone); default: LLM_BACKEND from .env"
@@ -186,3 +190,51 @@ def fetch_model(
 def models(c: Context) -> None:
     """List the local models: size, verified or not, and which one the settings use."""
     say(local_models.report(load_settings()))
+
+
+@task(
+    help={
+        "output_dir": "folder for the backup (default: backups/ in the repository)",
+        "keep": "afterwards keep only the newest N backups there (default: keep all)",
+    }
+)
+@one_line_errors
+def backup_redis(c: Context, output_dir: str | None = None, keep: str | None = None) -> None:
+    """Back up the stack's Redis: a verified snapshot plus manifest; prints the file's path last."""
+    newest = None if keep is None else int(number("keep", keep, minimum=1, integer=True))
+    target = target_from_project(_project("none"))
+    folder = Path(output_dir) if output_dir else backup_files.DEFAULT_DIR
+    say(str(redis_backup.backup(target, folder, newest, say=say)))
+
+
+@task(
+    help={
+        "file": "backup to restore (its .json manifest must be beside it)",
+        "latest": "restore the newest backup in backups/ (not the safety copies)",
+        "yes": "replace the data without asking",
+    }
+)
+@one_line_errors
+def restore_redis(
+    c: Context, file: str | None = None, latest: bool = False, yes: bool = False
+) -> None:
+    """Replace Redis' data with a verified backup; takes a safety backup first, keeps AOF on."""
+    if bool(file) == latest:
+        raise UserError("pass exactly one of --file=PATH or --latest")
+    path = Path(file) if file else backup_files.latest(backup_files.DEFAULT_DIR)
+    target = target_from_project(_project("none"))
+    found = redis_restore.restore(target, path, yes, say=say)
+    counts = ", ".join(f"db{n} {db.keys} keys" for n, db in sorted(found.items()))
+    say(f"restored {path.name}: {counts or 'no keys'}")
+
+
+@task(help={"folder": "folder to list (default: backups/ in the repository)"})
+@one_line_errors
+def backups(c: Context, folder: str | None = None) -> None:
+    """List Redis backups: time, size, keys, and whether each file still matches its manifest."""
+    where = Path(folder) if folder else backup_files.DEFAULT_DIR
+    listed = backup_files.list_backups(where)
+    if not listed:
+        say(f"no backups in {where}: make one with `invoke backup-redis`")
+        return
+    say(status.table(backup_files.listing_rows(listed)))

@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import httpx
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 POLL = 0.2
 
@@ -22,9 +24,11 @@ class NotReady(Exception):
 
 def redis_ready(host: str, port: int, password: str, db: int = 0) -> str | None:
     """None when ready, else why not."""
+    # No client-side retries: redis-py 8 retries a refused connection for ~4 s by default,
+    # which would make each probe that slow while Redis starts.
     client = redis.Redis(
         host=host, port=port, db=db, password=password or None, socket_timeout=2,
-        socket_connect_timeout=2,
+        socket_connect_timeout=2, retry=Retry(NoBackoff(), 0),
     )  # fmt: skip
     try:
         loading = client.info("persistence").get("loading")
