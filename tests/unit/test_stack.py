@@ -392,8 +392,10 @@ def test_containers_of_the_settings_project(
 
     assert stack.containers(project) == {}
     assert runner.argvs == [
-        ["docker", "ps", "-aq", "--filter", "label=com.docker.compose.project=other_stack",
-         "--filter", "label=com.docker.compose.oneoff=False"]  # fmt: skip
+        [
+            *["docker", "ps", "-aq", "--filter", "label=com.docker.compose.project=other_stack"],
+            *["--filter", "label=com.docker.compose.oneoff=False"],
+        ]
     ]
 
 
