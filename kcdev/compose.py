@@ -31,8 +31,10 @@ def check_backend(backend: str) -> str:
 
 
 def wants_gpu(settings: Settings, backend: str) -> bool:
-    """vLLM's cuda build always needs the GPU; llama.cpp only when layers are offloaded."""
-    return backend == "vllm" or (backend == "llamacpp" and settings.n_gpu_layers != 0)
+    """vLLM's cuda variant always needs the GPU; llama.cpp only when layers are offloaded."""
+    if backend == "vllm":
+        return settings.vllm_variant == "cuda"
+    return backend == "llamacpp" and settings.n_gpu_layers != 0
 
 
 def compose_files(settings: Settings, backend: str, *, start_interval: bool = True) -> list[Path]:

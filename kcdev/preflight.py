@@ -108,12 +108,15 @@ def gpu_problem(settings: Settings, backend: str, docker: Docker, wants_gpu: boo
     runtimes = docker.run("info", "--format", "{{json .Runtimes}}").stdout
     if "nvidia" in runtimes:
         return None
-    cause = "the vLLM backend" if backend == "vllm" else f"N_GPU_LAYERS={settings.n_gpu_layers}"
-    fix = (
-        "install the NVIDIA Container Toolkit, or use --backend=llamacpp"
-        if backend == "vllm"
-        else "install the NVIDIA Container Toolkit, or set N_GPU_LAYERS=0"
-    )
+    if backend == "vllm":
+        cause = "the vLLM backend's cuda variant (VLLM_VARIANT=cuda)"
+        fix = (
+            "install the NVIDIA Container Toolkit, or set VLLM_VARIANT=cpu for vLLM's CPU build "
+            "(slow, no GPU needed)"
+        )
+    else:
+        cause = f"N_GPU_LAYERS={settings.n_gpu_layers}"
+        fix = "install the NVIDIA Container Toolkit, or set N_GPU_LAYERS=0"
     return f"{cause} needs an NVIDIA GPU, but Docker has no nvidia runtime: {fix}"
 
 

@@ -133,7 +133,8 @@ class Settings:
     # --- stack -------------------------------------------------------------------------------
     llm_backend: str = _setting(
         "llamacpp",
-        "LLM server that `invoke up` starts: llamacpp, vllm (NVIDIA GPU), or none (Redis alone)",
+        "LLM server that `invoke up` starts: llamacpp, vllm (NVIDIA GPU, or VLLM_VARIANT=cpu), "
+        "or none (Redis alone)",
         _choice("llamacpp", "vllm", "none"),
     )
     compose_project_name: str = _setting(

@@ -58,12 +58,21 @@ def test_files_for_llamacpp_add_gpu_file_when_layers_are_offloaded(
 
 
 @pytest.mark.parametrize("layers", ["0", "-1"])
-def test_files_for_vllm_always_include_the_gpu_file(
+def test_files_for_vllm_cuda_always_include_the_gpu_file(
     make_settings: MakeSettings, layers: str
 ) -> None:
     files = compose_files(make_settings(n_gpu_layers=layers), "vllm")
 
     assert files == [BASE_FILE, VLLM_FILE, GPU_FILE]
+
+
+@pytest.mark.parametrize("layers", ["0", "-1"])
+def test_files_for_vllm_cpu_never_include_the_gpu_file(
+    make_settings: MakeSettings, layers: str
+) -> None:
+    files = compose_files(make_settings(n_gpu_layers=layers, vllm_variant="cpu"), "vllm")
+
+    assert files == [BASE_FILE, VLLM_FILE]
 
 
 def test_gpu_layers_do_not_add_gpu_file_without_llm_server(make_settings: MakeSettings) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,8 @@ from kcdev.images import (
     PYTHON_BASE,
     REDIS_BASE,
     REDIS_IMAGE,
+    VLLM_CPU_IMAGE,
+    VLLM_IMAGE,
     ImagePlan,
 )
 from kcdev.settings import Settings
@@ -100,9 +104,64 @@ def test_auto_with_successful_pull_is_registry(
 # --- plan ------------------------------------------------------------------------------------
 
 
-def test_plan_refuses_vllm_in_local_mode(make_settings: MakeSettings, docker: Docker) -> None:
-    with pytest.raises(UserError, match=r"registry-less mode cannot build the vLLM image"):
+def test_plan_refuses_vllm_cuda_in_local_mode_naming_the_cpu_variant(
+    make_settings: MakeSettings, docker: Docker
+) -> None:
+    with pytest.raises(UserError) as caught:
         images.plan(make_settings(image_source="local"), docker, "vllm")
+
+    message = str(caught.value)
+    assert message.startswith("registry-less mode cannot build the vLLM cuda image")
+    assert "set VLLM_VARIANT=cpu" in message
+    assert "\n" not in message
+
+
+def test_plan_vllm_cpu_in_local_mode_builds_on_the_local_base(
+    make_settings: MakeSettings, docker: Docker
+) -> None:
+    settings = make_settings(image_source="local", vllm_variant="cpu", build_ca_bundle="none")
+
+    env = images.plan(settings, docker, "vllm", environ={}).environment
+
+    assert env["VLLM_IMAGE"] == VLLM_CPU_IMAGE
+    assert env["PYTHON_BASE_IMAGE"] == LOCAL_BASE
+    assert env["PIP_EXTRA_INDEX_URL"] == ""
+
+
+def test_plan_vllm_cpu_in_registry_mode_builds_on_the_official_python(
+    make_settings: MakeSettings, docker: Docker
+) -> None:
+    settings = make_settings(image_source="registry", vllm_variant="cpu", build_ca_bundle="none")
+
+    env = images.plan(settings, docker, "vllm", environ={}).environment
+
+    assert env["PYTHON_BASE_IMAGE"] == PYTHON_BASE
+    assert env["VLLM_IMAGE"] == VLLM_CPU_IMAGE
+
+
+def test_plan_vllm_cpu_hands_the_build_only_indexes_it_can_reach(
+    make_settings: MakeSettings, docker: Docker
+) -> None:
+    """The host's file:// indexes mean nothing inside the build; http(s) ones are passed on."""
+    settings = make_settings(image_source="local", vllm_variant="cpu", build_ca_bundle="none")
+    environ = {
+        "PIP_EXTRA_INDEX_URL": "file:///opt/pypi/simple https://download.pytorch.org/whl/cpu"
+    }
+
+    env = images.plan(settings, docker, "vllm", environ=environ).environment
+
+    assert env["PIP_EXTRA_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+
+
+def test_plan_vllm_cuda_in_registry_mode_needs_no_torch_index(
+    make_settings: MakeSettings, docker: Docker
+) -> None:
+    settings = make_settings(image_source="registry", build_ca_bundle="none")
+
+    env = images.plan(settings, docker, "vllm").environment
+
+    assert env["VLLM_IMAGE"] == VLLM_IMAGE
+    assert "PIP_EXTRA_INDEX_URL" not in env
 
 
 def test_plan_refuses_cuda_llamacpp_in_local_mode(
@@ -390,6 +449,15 @@ def test_services_for(backend: str, services: list[str]) -> None:
     assert images.services_for(backend) == services
 
 
+def test_image_names_for_vllm_follow_the_variant(make_settings: MakeSettings) -> None:
+    assert images.image_names(make_settings(), "vllm") == {
+        "REDIS_IMAGE": REDIS_IMAGE,
+        "VLLM_IMAGE": VLLM_IMAGE,
+    }
+    cpu = images.image_names(make_settings(vllm_variant="cpu"), "vllm")
+    assert cpu["VLLM_IMAGE"] == VLLM_CPU_IMAGE == "kc-devenv/vllm-cpu:0.32.0"
+
+
 def test_image_names_for_llamacpp_cpu_and_cuda(make_settings: MakeSettings) -> None:
     assert images.image_names(make_settings(), "llamacpp") == {
         "REDIS_IMAGE": REDIS_IMAGE,
@@ -397,3 +465,197 @@ def test_image_names_for_llamacpp_cpu_and_cuda(make_settings: MakeSettings) -> N
     }
     cuda = images.image_names(make_settings(llamacpp_accel="cuda"), "llamacpp")
     assert cuda["LLAMACPP_IMAGE"] == f"{LLAMACPP_IMAGE}-cuda"
+
+
+# --- the vLLM cpu image: its torch wheel, and tags that agree with docker/ -------------------
+
+TORCH_WHEEL = "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"
+PIP_CONFIG_LIST = [sys.executable, "-m", "pip", "config", "list"]
+
+
+@pytest.fixture
+def wheelhouse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty project root in tmp_path; returns where its docker/wheelhouse/ would be."""
+    monkeypatch.setattr(paths, "ROOT", tmp_path)
+    monkeypatch.setattr(images, "WHEELHOUSE", tmp_path / "docker" / "wheelhouse")
+    return tmp_path / "docker" / "wheelhouse"
+
+
+def wheel_in(folder: Path, name: str = TORCH_WHEEL) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(b"wheel")
+    return folder / name
+
+
+def test_a_staged_wheel_is_used_without_asking_pip(wheelhouse: Path, runner: FakeRunner) -> None:
+    wheel_in(wheelhouse)
+    said: list[str] = []
+
+    images.stage_torch_wheel(environ={}, runner=runner, say=said.append)
+
+    assert runner.calls == []
+    assert said == []
+
+
+def test_the_wheel_is_hard_linked_from_pip_find_links(
+    wheelhouse: Path, runner: FakeRunner, tmp_path: Path
+) -> None:
+    source = wheel_in(tmp_path / "wheels")
+    wheel_in(tmp_path / "wheels", "torch-2.13.0-cp311-cp311-manylinux_2_28_x86_64.whl")  # CUDA
+    said: list[str] = []
+
+    images.stage_torch_wheel(
+        environ={"PIP_FIND_LINKS": str(tmp_path / "wheels")}, runner=runner, say=said.append
+    )
+
+    assert [p.name for p in wheelhouse.iterdir()] == [TORCH_WHEEL]
+    assert (wheelhouse / TORCH_WHEEL).stat().st_ino == source.stat().st_ino
+    assert said == [f"images: staging {TORCH_WHEEL} in docker/wheelhouse/"]
+
+
+def test_the_wheel_is_copied_when_it_cannot_be_linked(
+    wheelhouse: Path, runner: FakeRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wheel_in(tmp_path / "wheels")
+
+    def cross_device(source: object, target: object) -> None:
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", cross_device)
+
+    images.stage_torch_wheel(
+        environ={"PIP_FIND_LINKS": str(tmp_path / "wheels")}, runner=runner, say=lambda m: None
+    )
+
+    assert (wheelhouse / TORCH_WHEEL).read_bytes() == b"wheel"
+    assert [p.name for p in wheelhouse.iterdir()] == [TORCH_WHEEL]
+
+
+def test_pip_find_links_come_from_the_environment_then_pip_config(
+    runner: FakeRunner, tmp_path: Path
+) -> None:
+    runner.on(
+        *PIP_CONFIG_LIST,
+        stdout=(
+            "global.cert='/etc/ssl/certs/ca-certificates.crt'\n"
+            f"global.find-links='/opt/wheels file://{tmp_path}/more%20wheels'\n"
+            ":env:.find-links='/opt/wheels'\n"
+            "global.extra-index-url='file:///opt/pypi/simple'\n"
+        ),
+    )
+    environ = {"PIP_FIND_LINKS": "/opt/wheels https://example.org/wheels/"}
+
+    folders = images.pip_find_links(environ, runner)
+
+    assert folders == [Path("/opt/wheels"), tmp_path / "more wheels"]
+    assert runner.calls_starting(*PIP_CONFIG_LIST)[0].kwargs == {"timeout": 60}
+
+
+def test_the_wheel_is_found_through_pip_config(
+    wheelhouse: Path, runner: FakeRunner, tmp_path: Path
+) -> None:
+    wheel_in(tmp_path / "wheels")
+    runner.on(*PIP_CONFIG_LIST, stdout=f"global.find-links='{tmp_path / 'wheels'}'\n")
+
+    images.stage_torch_wheel(environ={}, runner=runner, say=lambda message: None)
+
+    assert (wheelhouse / TORCH_WHEEL).is_file()
+
+
+def test_no_wheel_but_a_reachable_index_is_fine(wheelhouse: Path, runner: FakeRunner) -> None:
+    environ = {"PIP_EXTRA_INDEX_URL": "https://download.pytorch.org/whl/cpu"}
+
+    images.stage_torch_wheel(environ=environ, runner=runner, say=lambda message: None)
+
+    assert wheelhouse.is_dir()  # the build bind-mounts it, even empty
+    assert list(wheelhouse.iterdir()) == []
+
+
+@pytest.mark.parametrize("index", ["", "file:///opt/pypi/simple"])
+def test_no_wheel_and_no_reachable_index_fails_saying_how_to_provide_one(
+    wheelhouse: Path, runner: FakeRunner, index: str
+) -> None:
+    runner.on(*PIP_CONFIG_LIST, returncode=1, stderr="pip is broken")
+
+    with pytest.raises(UserError) as caught:
+        images.stage_torch_wheel(
+            environ={"PIP_EXTRA_INDEX_URL": index}, runner=runner, say=lambda message: None
+        )
+
+    assert str(caught.value) == (
+        "the vLLM cpu image needs torch==2.13.0+cpu, which PyPI does not carry: put its cp311 "
+        "x86_64 wheel in docker/wheelhouse/ or a pip find-links folder, or set "
+        "PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu"
+    )
+
+
+def test_ensure_images_for_vllm_cpu_stages_torch_then_builds(
+    make_settings: MakeSettings,
+    modern_docker: Docker,
+    runner: FakeRunner,
+    local_base_calls: list[tuple[Settings, Docker]],
+    wheelhouse: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    wheel_in(tmp_path / "wheels")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "wheels"))
+    monkeypatch.delenv("PIP_EXTRA_INDEX_URL", raising=False)
+    runner.on(*INSPECT, VLLM_CPU_IMAGE, returncode=1)
+    settings = make_settings(image_source="local", vllm_variant="cpu", build_ca_bundle="none")
+    project = ComposeProject(settings, "vllm", modern_docker)
+    said: list[str] = []
+
+    images.ensure_images(project, say=said.append)
+
+    assert said == [
+        "images: local mode (IMAGE_SOURCE=local)",
+        f"images: staging {TORCH_WHEEL} in docker/wheelhouse/",
+    ]
+    assert local_base_calls == [(settings, modern_docker)]
+    build = runner.calls_starting("docker", "compose", "--project-name")
+    assert build[0].argv[-3:] == ["build", "redis", "llm-server"]
+    env = build[0].env
+    assert env is not None
+    assert env["VLLM_IMAGE"] == VLLM_CPU_IMAGE
+    assert env["VLLM_VARIANT"] == "cpu"
+    assert env["PYTHON_BASE_IMAGE"] == LOCAL_BASE
+    assert env["PIP_EXTRA_INDEX_URL"] == ""
+
+
+def test_ensure_images_for_vllm_cpu_without_torch_builds_nothing(
+    make_settings: MakeSettings,
+    modern_docker: Docker,
+    runner: FakeRunner,
+    local_base_calls: list[tuple[Settings, Docker]],
+    wheelhouse: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
+    monkeypatch.delenv("PIP_EXTRA_INDEX_URL", raising=False)
+    settings = make_settings(image_source="local", vllm_variant="cpu")
+    project = ComposeProject(settings, "vllm", modern_docker)
+
+    with pytest.raises(UserError, match=r"needs torch==2\.13\.0\+cpu"):
+        images.ensure_images(project, rebuild=True, say=lambda message: None)
+
+    assert builds(runner) == []
+    assert local_base_calls == []
+
+
+def _default_after(pattern: str, path: Path) -> str:
+    found = re.search(pattern, path.read_text())
+    assert found is not None, f"{pattern!r} not in {path}"
+    return found.group(1)
+
+
+def test_vllm_versions_and_tags_agree_with_docker_files() -> None:
+    """The tags `invoke` checks for are the ones compose builds, of the versions installed."""
+    docker_dir = paths.DOCKER_DIR
+    cpu_version = _default_after(r"ARG VLLM_CPU_VERSION=(\S+)", docker_dir / "Dockerfile.vllm-cpu")
+    cuda_version = _default_after(r"ARG VLLM_VERSION=(\S+)", docker_dir / "Dockerfile.vllm")
+    cpu_tag = _default_after(r"\$\{VLLM_IMAGE:-(\S+)\}", docker_dir / "vllm" / "variant-cpu.yml")
+    cuda_tag = _default_after(r"\$\{VLLM_IMAGE:-(\S+)\}", docker_dir / "vllm" / "variant-cuda.yml")
+
+    assert (cpu_version, cpu_tag) == (images.VLLM_CPU_VERSION, VLLM_CPU_IMAGE)
+    assert (cuda_version, cuda_tag) == (images.VLLM_VERSION, VLLM_IMAGE)

@@ -317,7 +317,7 @@ def test_gpu_problem_none_with_the_nvidia_runtime(
     assert runner.argvs == [list(RUNTIMES)]
 
 
-def test_gpu_problem_for_vllm_suggests_the_llamacpp_backend(
+def test_gpu_problem_for_vllm_suggests_the_cpu_variant(
     dirs: MakeSettings, docker: Docker, runner: FakeRunner
 ) -> None:
     runner.on(*RUNTIMES, stdout='{"runc":{"path":"runc"}}\n')
@@ -325,8 +325,9 @@ def test_gpu_problem_for_vllm_suggests_the_llamacpp_backend(
     problem = preflight.gpu_problem(dirs(), "vllm", docker, wants_gpu=True)
 
     assert problem == (
-        "the vLLM backend needs an NVIDIA GPU, but Docker has no nvidia runtime: "
-        "install the NVIDIA Container Toolkit, or use --backend=llamacpp"
+        "the vLLM backend's cuda variant (VLLM_VARIANT=cuda) needs an NVIDIA GPU, but Docker has "
+        "no nvidia runtime: install the NVIDIA Container Toolkit, or set VLLM_VARIANT=cpu for "
+        "vLLM's CPU build (slow, no GPU needed)"
     )
 
 
