@@ -125,7 +125,7 @@ def ensure_local_base(
     tarball = paths.CACHE_DIR / "base" / "bookworm-rootfs.tar"
     if not tarball.is_file():
         _debootstrap(settings, tarball, say)
-    say(f"images: importing {LOCAL_BASE} from {tarball.relative_to(paths.ROOT)}")
+    say(f"images: importing {LOCAL_BASE} from {tarball}")
     result = docker.runner(
         ["sh", "-c", f"docker import - {LOCAL_BASE} < {shlex.quote(str(tarball))}"], timeout=600
     )
