@@ -125,7 +125,8 @@ def ensure_local_base(
     tarball = paths.CACHE_DIR / "base" / "bookworm-rootfs.tar"
     if not tarball.is_file():
         _debootstrap(settings, tarball, say)
-    say(f"images: importing {LOCAL_BASE} from {tarball}")
+    shown = tarball.relative_to(paths.ROOT) if tarball.is_relative_to(paths.ROOT) else tarball
+    say(f"images: importing {LOCAL_BASE} from {shown}")
     result = docker.runner(
         ["sh", "-c", f"docker import - {LOCAL_BASE} < {shlex.quote(str(tarball))}"], timeout=600
     )
