@@ -5,6 +5,7 @@ Each task reads the settings, calls one helper from the kcdev package, and repor
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from invoke.context import Context
@@ -238,3 +239,54 @@ def backups(c: Context, folder: str | None = None) -> None:
         say(f"no backups in {where}: make one with `invoke backup-redis`")
         return
     say(status.table(backup_files.listing_rows(listed)))
+
+
+@task(
+    help={
+        "concurrency": "tasks run at once (default: WORKER_CONCURRENCY)",
+        "loglevel": "debug, info, warning, error or critical (default: info)",
+    }
+)
+@one_line_errors
+def worker(c: Context, concurrency: str | None = None, loglevel: str = "info") -> None:
+    """Run a Celery worker in the foreground with the settings loaded (Ctrl-C stops it)."""
+    from worker.cli import worker_argv
+
+    argv = worker_argv(load_settings(), concurrency, loglevel)
+    # Replace this process: Ctrl-C and SIGTERM then reach Celery itself, for a warm shutdown.
+    os.execv(argv[0], argv)
+
+
+@task(
+    help={
+        "prompt": 'the prompt (summarize: the document); "" with --file',
+        "task": "generate, chat or summarize (default: generate)",
+        "file": "read the text from this file (summarize: the document)",
+        "timeout": "seconds to wait for the answer (default 600)",
+    }
+)
+@one_line_errors
+def ask(
+    c: Context,
+    prompt: str,
+    task: str = "generate",
+    file: str | None = None,
+    timeout: str = "600",
+) -> None:
+    """Send one task to the worker, wait for the answer, print it and the time it took."""
+    from worker.cli import ask as send
+
+    wait = number("timeout", timeout, minimum=1)
+    load_settings()  # a malformed .env fails here in one line, before Celery reads it
+    answer = send(task, prompt, Path(file) if file else None, wait, say=say)
+    say(answer.text.strip())
+    say(f"({task} answered in {answer.seconds:.1f} s)")
+
+
+@task(help={"timeout": "seconds to wait for the stack and for the summary (default 900)"})
+@one_line_errors
+def demo(c: Context, timeout: str = "900") -> None:
+    """Newcomer's tour: model, stack, a worker, and a summary of the sample document."""
+    from kcdev import demo as tour
+
+    tour.run(say, number("timeout", timeout, minimum=1))

@@ -1,0 +1,105 @@
+"""`invoke demo`: the newcomer's first run, end to end, on the default model.
+
+It fetches the default model when missing, brings the stack up, starts a worker of its own,
+summarizes the sample document that ships with the repo through Celery, prints the summary, and
+stops the worker it started. The stack stays up for the next commands; the last line says how to
+stop it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from kcdev import paths, preflight, stack
+from kcdev.compose import ComposeProject
+from kcdev.docker_cli import Docker
+from kcdev.errors import UserError
+from kcdev.settings import Settings, load_settings
+
+SAMPLE = paths.ROOT / "worker" / "samples" / "sample-document.md"
+WORKER_LOG = paths.CACHE_DIR / "demo-worker.log"
+WORKER_START_TIMEOUT = 90.0
+Say = Callable[[str], None]
+
+
+def ensure_model(settings: Settings, say: Say) -> Settings:
+    """Fetch the default preset when the configured GGUF file is missing; .env then points at it."""
+    if preflight.model_problem(settings, "llamacpp") is None:
+        return settings
+    from kcdev.fetch_model import FetchRequest, ModelFetcher  # huggingface_hub: import when needed
+
+    say("demo: the model is missing: fetching the default preset")
+    ModelFetcher(settings, say=say).run(
+        FetchRequest(backend="llamacpp"), dry_run=False, no_env=False
+    )
+    return load_settings()
+
+
+def start_worker(settings: Settings, say: Say) -> subprocess.Popen[bytes]:
+    """A worker of the demo's own, logging to .cache/demo-worker.log, consuming when returned."""
+    from worker.celery_app import app
+    from worker.cli import worker_argv
+
+    WORKER_LOG.parent.mkdir(parents=True, exist_ok=True)
+    with WORKER_LOG.open("wb") as log:
+        process = subprocess.Popen(
+            worker_argv(settings, None, "info"), cwd=paths.ROOT, stdout=log, stderr=log
+        )
+    deadline = time.monotonic() + WORKER_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise UserError(
+                f"the worker exited at start (exit code {process.returncode}): see {WORKER_LOG}"
+            )
+        if app.control.ping(timeout=1.0):
+            say(f"demo: worker {process.pid} is consuming (log: {_shown(WORKER_LOG)})")
+            return process
+    stop_worker(process)
+    raise UserError(
+        f"the worker did not answer within {WORKER_START_TIMEOUT:.0f} s: see {WORKER_LOG}"
+    )
+
+
+def stop_worker(process: subprocess.Popen[bytes]) -> None:
+    """Stop the worker this demo started, by its pid: warm shutdown first, then kill."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def run(say: Say, timeout: float) -> None:
+    from worker.cli import ask
+
+    settings = ensure_model(load_settings(), say)
+    docker = Docker()
+    docker.ensure_daemon()
+    project = ComposeProject(settings, "llamacpp", docker)
+    took = stack.up(project, timeout=timeout, say=say)
+    say(f"demo: stack ready in {took:.1f} s (model {settings.served_model('llamacpp')})")
+    worker = start_worker(settings, say)
+    try:
+        words = len(SAMPLE.read_text(encoding="utf-8").split())
+        say(f"demo: summarizing {_shown(SAMPLE)} ({words} words), longer than the model's context")
+        answer = ask("summarize", "", SAMPLE, timeout, say=say)
+    finally:
+        stop_worker(worker)
+    say("")
+    say(answer.text.strip())
+    say("")
+    say(f"demo: summary in {answer.seconds:.1f} s; the worker is stopped, the stack still runs.")
+    say(
+        'demo: next: `invoke worker` in one terminal, `invoke ask "..."` in another; '
+        "stop everything with `invoke down`"
+    )
+
+
+def _shown(path: Path) -> Path:
+    return path.relative_to(paths.ROOT) if path.is_relative_to(paths.ROOT) else path

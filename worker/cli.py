@@ -1,0 +1,163 @@
+"""What `invoke worker` and `invoke ask` call: the worker's command line, and one task's round trip.
+
+Failures the user can fix become `UserError`s of one line: Redis down, no worker consuming, a
+task that failed or did not answer in time. The Celery app is imported only here, when needed,
+so a malformed `.env` cannot break `invoke --list`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from kcdev.errors import UserError
+from kcdev.settings import Settings
+
+TASKS = ("generate", "chat", "summarize")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# Seconds to wait for Redis and for workers to answer a ping before calling them absent.
+PROBE_TIMEOUT = 2.0
+
+
+def worker_argv(settings: Settings, concurrency: int | str | None, loglevel: str) -> list[str]:
+    """The command that runs the worker in the foreground, with this environment's Python.
+
+    `concurrency` may come from the command line as text; None means WORKER_CONCURRENCY.
+    """
+    if loglevel.lower() not in LOG_LEVELS:
+        levels = ", ".join(LOG_LEVELS)
+        raise UserError(f"--loglevel={loglevel!r} is not a level: use one of {levels}")
+    processes = settings.worker_concurrency
+    if concurrency is not None:
+        try:
+            processes = int(concurrency)
+        except ValueError:
+            raise UserError(f"--concurrency={concurrency!r} is not a whole number") from None
+        if processes < 1:
+            raise UserError(f"--concurrency={concurrency} must be 1 or more")
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+        "--loglevel", loglevel.upper(), "--concurrency", str(processes),
+    ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    seconds: float
+    task_id: str
+
+
+def task_call(task: str, prompt: str, file: Path | None) -> tuple[str, dict[str, Any]]:
+    """The task's name and keyword arguments for `invoke ask`'s arguments.
+
+    A file's text follows the prompt; for summarize it is the document, which PROMPT may be
+    instead but not as well (summarize has its own instruction).
+    """
+    if task not in TASKS:
+        raise UserError(f"--task={task!r} is not a task: use one of {', '.join(TASKS)}")
+    text = prompt
+    if file is not None:
+        if task == "summarize" and prompt.strip():
+            raise UserError('summarize reads its document from PROMPT or --file, not both: give ""')
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"cannot read {file}: {exc}") from None
+        if prompt.strip():
+            text = f"{prompt}\n\n{text}"
+    if not text.strip():
+        raise UserError("nothing to send: give a PROMPT, or --file PATH")
+    if task == "generate":
+        return "worker.tasks.generate", {"prompt": text}
+    if task == "chat":
+        return "worker.tasks.chat", {"messages": [{"role": "user", "content": text}]}
+    return "worker.tasks.summarize", {"document": text}
+
+
+def ask(
+    task: str,
+    prompt: str,
+    file: Path | None,
+    timeout: float,
+    say: Callable[[str], None] = print,
+) -> Answer:
+    """Send one task, wait for its answer at most `timeout` seconds, and return the answer text."""
+    if timeout <= 0:
+        raise UserError(f"--timeout={timeout} must be greater than 0")
+    name, kwargs = task_call(task, prompt, file)
+    from worker.celery_app import app  # reads the settings: only now, not at `invoke --list`
+
+    ensure_consumers(app)
+    start = time.monotonic()
+    result = app.send_task(name, kwargs=kwargs)
+    task_id = result.id
+    say(f"sent {task} task {task_id}; waiting up to {timeout:g} s")
+    outcome = _wait(result, timeout)
+    seconds = time.monotonic() - start
+    # Drop the result before raising: its finalizer unsubscribes from Redis, which fails noisily
+    # if the exception keeps it alive until the interpreter shuts down.
+    del result
+    if isinstance(outcome, _TimedOut):
+        raise UserError(
+            f"no answer within {timeout:g} s (task {task_id} was {outcome.state}): cancelled; "
+            "raise --timeout, or see the worker's log"
+        )
+    if isinstance(outcome, BaseException):
+        raise UserError(f"{task} task failed: {type(outcome).__name__}: {outcome}")
+    text = outcome.get("text", "") if isinstance(outcome, dict) else str(outcome)
+    return Answer(text, seconds, task_id)
+
+
+@dataclass(frozen=True)
+class _TimedOut:
+    state: str
+
+
+def _wait(result: Any, timeout: float) -> Any:
+    """The task's return value, its exception, or _TimedOut (the task then revoked)."""
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
+    try:
+        return result.get(timeout=timeout, propagate=False)
+    except CeleryTimeout:
+        pass
+    state = result.state
+    # A task already running is stopped too: nobody waits for its answer any more.
+    result.revoke(terminate=True)
+    # Stop listening for the result now: the backend keeps it pending, and would unsubscribe
+    # only while the interpreter shuts down, where that fails with a traceback.
+    result.backend.remove_pending_result(result)
+    return _TimedOut(state)
+
+
+def ensure_consumers(app: Any) -> None:
+    """Fail in one line, within seconds, when Redis is down or no worker would take the task."""
+    import redis
+
+    url = app.conf.broker_url
+    where = f"{urlsplit(url).hostname}:{urlsplit(url).port or 6379}"
+    client = redis.Redis.from_url(
+        url, socket_connect_timeout=PROBE_TIMEOUT, socket_timeout=PROBE_TIMEOUT
+    )
+    try:
+        client.ping()
+    except redis.AuthenticationError:
+        raise UserError(f"Redis at {where} refused the password: check REDIS_PASSWORD") from None
+    except redis.ResponseError as exc:  # e.g. a password sent to a Redis that has none
+        raise UserError(
+            f"Redis at {where} refused the connection ({exc}): check REDIS_PASSWORD"
+        ) from None
+    except redis.RedisError:
+        raise UserError(
+            f"Redis at {where} is not answering: start the stack with `invoke up`"
+        ) from None
+    finally:
+        client.close()
+    if not app.control.ping(timeout=PROBE_TIMEOUT):
+        raise UserError("no worker is consuming tasks: start one with `invoke worker`")
