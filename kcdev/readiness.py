@@ -30,6 +30,11 @@ def redis_ready(host: str, port: int, password: str, db: int = 0) -> str | None:
         host=host, port=port, db=db, password=password or None, socket_timeout=2,
         socket_connect_timeout=2, retry=Retry(NoBackoff(), 0),
     )  # fmt: skip
+    return client_ready(client)
+
+
+def client_ready(client: redis.Redis) -> str | None:
+    """None when Redis answers `client` and has loaded its data, else why not; closes `client`."""
     try:
         loading = client.info("persistence").get("loading")
         return None if loading == 0 else "Redis is loading its dataset"

@@ -17,6 +17,7 @@ from redis.retry import Retry
 from kcdev.compose import ComposeProject
 from kcdev.docker_cli import Docker
 from kcdev.errors import UserError
+from kcdev.readiness import client_ready
 from kcdev.stack import service_states
 
 START_HINT = "start it with `invoke up --backend=none`"
@@ -103,16 +104,7 @@ def connect(target: RedisTarget) -> redis.Redis:
 
 def ready_reason(target: RedisTarget) -> str | None:
     """None once Redis answers with the password and has loaded its data, else why not."""
-    client = target.client(timeout=5)
-    try:
-        loading = client.info("persistence").get("loading")
-        return None if loading == 0 else "Redis is loading its dataset"
-    except redis.AuthenticationError:
-        return "Redis refused the password: check REDIS_PASSWORD"
-    except redis.RedisError as exc:
-        return f"Redis does not answer ({exc})"
-    finally:
-        client.close()
+    return client_ready(target.client(timeout=5))
 
 
 def keyspace(info: dict[str, Any]) -> Keyspace:
