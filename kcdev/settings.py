@@ -179,7 +179,10 @@ class Settings:
         "86400", "Seconds task results are kept in Redis", _int_between(60)
     )
     llm_max_retries: int = _setting(
-        "5", "Retries of a task after a retryable LLM server failure", _int_between(0, 100)
+        "10",
+        "Retries of a task after a retryable LLM server failure (waits up to 2, 4, 8 ... 300 s, "
+        "random; 10 outlast a server restart)",
+        _int_between(0, 100),
     )
     # --- llama.cpp server --------------------------------------------------------------------
     llama_server: str = _setting(
