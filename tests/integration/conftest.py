@@ -1,4 +1,5 @@
-"""Session-wide real containers: Redis and both llama.cpp server flavors, from the stack's images.
+"""Session-wide real containers: Redis, both llama.cpp server flavors and vLLM's CPU build, from
+the stack's images.
 
 The images are the ones `invoke build` makes from docker/ (built here when missing). Containers are
 removed by the fixtures themselves; Ryuk, testcontainers' reaper, is used only where its image can
@@ -22,8 +23,11 @@ from kcdev.errors import UserError
 from kcdev.settings import Settings, load_settings
 from tests.support.containers import LlamaCppContainer, RedisContainer
 from tests.support.tiny_gguf import write_tiny_llama
+from tests.support.tiny_hf import write_tiny_hf_llama
+from tests.support.vllm_server import VllmCpuContainer, ensure_vllm_cpu_image
 
 LLAMA_FLAVORS = ("llama-server", "llama-cpp-python")
+TINY_HF_NAME = "tiny-llama"
 
 
 def _ryuk_can_run(settings: Settings) -> bool:
@@ -108,4 +112,28 @@ def llama_server(
         stack_images["LLAMACPP_IMAGE"], request.param, tiny_model.parent, tiny_model.name
     )
     with container:
+        yield container
+
+
+@pytest.fixture(scope="session")
+def vllm_cpu_image() -> str:
+    """The vLLM cpu image, built when missing (about 4 minutes from a local wheelhouse)."""
+    try:
+        return ensure_vllm_cpu_image()
+    except UserError as exc:
+        pytest.fail(f"cannot prepare the vLLM cpu image: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder (as HF_DIR) holding the tiny Hugging Face Llama in tiny-llama/."""
+    hf_dir = tmp_path_factory.mktemp("hf")
+    hf_dir.chmod(0o755)  # the server runs as an unprivileged user
+    return write_tiny_hf_llama(hf_dir / TINY_HF_NAME)
+
+
+@pytest.fixture(scope="session")
+def vllm_server(vllm_cpu_image: str, tiny_hf_model: Path) -> Iterator[VllmCpuContainer]:
+    """vLLM's CPU build serving the tiny model: started once, as it takes about a minute."""
+    with VllmCpuContainer(vllm_cpu_image, tiny_hf_model) as container:
         yield container

@@ -1,7 +1,7 @@
 """The vLLM backend for real, on its CPU build: the image serves a tiny Hugging Face model over the
 OpenAI API, and `invoke up --backend=vllm` brings it up and calls it ready only when it serves.
 
-Slow by nature: the image takes about 10 minutes to build the first time, and vLLM about a minute
+Slow by nature: the image takes about 4 minutes to build the first time, and vLLM about a minute
 to start on 2 cores, so the server is started once per session.
 """
 
@@ -13,36 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kcdev.errors import UserError
 from tests.support.stack import isolated_stack
-from tests.support.tiny_hf import write_tiny_hf_llama
-from tests.support.vllm_server import VllmCpuContainer, ensure_vllm_cpu_image
+from tests.support.vllm_server import VllmCpuContainer
 
 pytestmark = pytest.mark.integration
 
 MODEL = "tiny-llama"
-
-
-@pytest.fixture(scope="session")
-def vllm_cpu_image() -> str:
-    try:
-        return ensure_vllm_cpu_image()
-    except UserError as exc:
-        pytest.fail(f"cannot prepare the vLLM cpu image: {exc}", pytrace=False)
-
-
-@pytest.fixture(scope="session")
-def tiny_hf_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A models folder (as HF_DIR) holding the tiny Hugging Face Llama in tiny-llama/."""
-    hf_dir = tmp_path_factory.mktemp("hf")
-    hf_dir.chmod(0o755)  # the server runs as an unprivileged user
-    return write_tiny_hf_llama(hf_dir / MODEL)
-
-
-@pytest.fixture(scope="session")
-def vllm_server(vllm_cpu_image: str, tiny_hf_model: Path) -> Iterator[VllmCpuContainer]:
-    with VllmCpuContainer(vllm_cpu_image, tiny_hf_model) as container:
-        yield container
 
 
 @pytest.fixture

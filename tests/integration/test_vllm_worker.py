@@ -1,0 +1,105 @@
+"""The worker's tasks end to end against vLLM (its CPU build): a real worker process, real Redis.
+
+vLLM differs from llama.cpp where the worker has to adapt: it reports its context as the model's
+max_model_len, counts tokens through its own /tokenize body, and words its errors its own way.
+Results are checked for their shape, as the tiny model writes meaningless text.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from tests.support.containers import RedisContainer
+from tests.support.stack import free_port
+from tests.support.vllm_server import VllmCpuContainer
+from tests.support.worker_process import WorkerProcess, client_app, probe_counts
+
+pytestmark = pytest.mark.integration
+
+RESULT_TIMEOUT = 180
+REDIS_DB = "14"  # of the shared Redis: other modules use 0, 11, 12 and 13
+MAX_MODEL_LEN = 512  # what the vllm_server fixture serves
+DOCUMENT = "\n\n".join(
+    f"Part {i}. vLLM serves the model; the worker splits what does not fit in its context and "
+    "summarizes the parts, then the summaries."
+    for i in range(8)
+)
+
+
+@pytest.fixture(scope="module")
+def worker_env(redis_server: RedisContainer, vllm_server: VllmCpuContainer) -> dict[str, str]:
+    """A worker's environment for the shared Redis and vLLM; no N_CTX: vLLM reports its own."""
+    env = {
+        **os.environ,
+        "REDIS_HOST": "127.0.0.1",
+        "REDIS_PORT": str(redis_server.get_exposed_port(6379)),
+        "REDIS_PASSWORD": redis_server.password,
+        "REDIS_DB": REDIS_DB,
+        "LLM_SERVER_URL": vllm_server.base_url,
+        "N_CTX": "8192",  # wrong on purpose: the worker must use vLLM's max_model_len instead
+        "N_PARALLEL": "2",
+        "SERVED_MODEL_NAME": "",
+    }
+    redis_server.client(db=int(REDIS_DB)).flushdb()
+    return env
+
+
+@pytest.fixture(scope="module")
+def app(worker_env: dict[str, str]) -> Celery:
+    return client_app(worker_env)
+
+
+@pytest.fixture(scope="module")
+def worker(
+    worker_env: dict[str, str], app: Celery, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    log = tmp_path_factory.mktemp("vllm-worker") / "worker.log"
+    with WorkerProcess(worker_env, log, name=f"vllm-{free_port()}").start(app) as process:
+        yield process
+
+
+def run(app: Celery, task: str, **kwargs: Any) -> Any:
+    return app.send_task(f"worker.tasks.{task}", kwargs=kwargs).get(timeout=RESULT_TIMEOUT)
+
+
+def test_generate(app: Celery, worker: WorkerProcess, vllm_server: VllmCpuContainer) -> None:
+    result = run(app, "generate", prompt="Once upon a time", max_tokens=16, temperature=0)
+    assert isinstance(result["text"], str)
+    assert result["model"] == vllm_server.model
+    assert 0 < result["completion_tokens"] <= 16
+    assert result["prompt_tokens"] > 0
+    assert result["finish_reason"] in ("stop", "length")
+
+
+def test_chat(app: Celery, worker: WorkerProcess) -> None:
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    result = run(app, "chat", messages=messages, max_tokens=16, temperature=0)
+    assert isinstance(result["text"], str)
+    assert 0 < result["completion_tokens"] <= 16
+
+
+def test_summarize_splits_by_the_context_vllm_reports(app: Celery, worker: WorkerProcess) -> None:
+    # One token per byte: the document cannot fit in 512 tokens, though it would in N_CTX's 8192.
+    assert len(DOCUMENT.encode()) > MAX_MODEL_LEN
+    result = run(app, "summarize", document=DOCUMENT, max_tokens=48, temperature=0)
+    assert result["chunks"] > 1
+    assert result["rounds"] >= 2
+    assert isinstance(result["text"], str)
+    assert result["completion_tokens"] > 0
+
+
+def test_a_prompt_longer_than_the_context_fails_without_retrying(
+    app: Celery, worker: WorkerProcess, redis_server: RedisContainer
+) -> None:
+    sent = app.send_task("worker.tasks.generate", kwargs={"prompt": "word " * 200})
+    with pytest.raises(Exception) as caught:
+        sent.get(timeout=RESULT_TIMEOUT)
+    assert type(caught.value).__name__ == "ContextExceeded"
+    counts = probe_counts(redis_server.client(db=int(REDIS_DB)))
+    assert counts["started"][sent.id] == 1
+    assert sent.id not in counts["retried"]
