@@ -54,8 +54,15 @@ def model_size(settings: Settings, backend: str) -> int:
 
 
 def ports_held_by_stack(docker: Docker, project: str) -> set[int]:
-    """Host ports the project's running containers publish: taken, but by us."""
-    ids = docker.run("ps", "-q", "--filter", f"label=com.docker.compose.project={project}").stdout
+    """Host ports the project's running containers publish: taken, but by us.
+
+    Only compose's own service containers count (oneoff=False): containers run elsewhere from
+    the images compose built inherit the project label without being the stack.
+    """
+    ids = docker.run(
+        "ps", "-q", "--filter", f"label=com.docker.compose.project={project}",
+        "--filter", "label=com.docker.compose.oneoff=False",
+    ).stdout  # fmt: skip
     if not ids.split():
         return set()
     inspect = docker.run("inspect", "--format", "{{json .NetworkSettings.Ports}}", *ids.split())

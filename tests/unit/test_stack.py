@@ -568,9 +568,10 @@ def test_up_rerun_on_a_running_stack_does_not_count_its_own_ports_as_taken(
 
     stack.up(project, timeout=600, say=lambda _: None)
 
-    assert ["docker", "ps", "-q", "--filter", "label=com.docker.compose.project=kc-devenv"] in (
-        runner.argvs
-    )
+    assert [
+        "docker", "ps", "-q", "--filter", "label=com.docker.compose.project=kc-devenv",
+        "--filter", "label=com.docker.compose.oneoff=False",
+    ] in runner.argvs  # fmt: skip
     one_up_call(runner)
 
 
