@@ -5,7 +5,7 @@
 Fills a container of the stack's Redis image (AOF on, a password, its own loopback port) with
 pipelined writes of 8 KiB values (half random bytes, half text), then alternates, each round:
 
-  ours       backup(): BGSAVE, docker cp out, redis-check-rdb, sha256, manifest (fsynced)
+  ours       backup(): BGSAVE, docker cp out beside redis-check-rdb, sha256, manifest (fsynced)
   redis-cli  `docker exec` redis-cli --rdb /tmp/x.rdb in the Redis container, then docker cp out
   redis-cli, no delay   the same with repl-diskless-sync-delay 0: redis-cli --rdb is a replica
              sync, which by default waits 5 s for other replicas before it starts

@@ -102,6 +102,18 @@ def check_rdb(docker: Docker, image: str, path: Path, timeout: float = 1800) -> 
     return parse_check_output(result.stdout + result.stderr, result.returncode)
 
 
+def check_in_container(
+    docker: Docker, container_id: str, path: str, timeout: float = 1800
+) -> CheckResult:
+    """Run redis-check-rdb inside the running Redis container on a file of its own (its dump).
+
+    The backup uses this to check the dump while it is being copied out rather than after: the
+    server's own binary, no container to start, and the copy and the check overlap.
+    """
+    result = docker.run("exec", container_id, "redis-check-rdb", path, timeout=timeout)
+    return parse_check_output(result.stdout + result.stderr, result.returncode)
+
+
 def bind_mount(path: Path, target: str) -> str:
     """A read-only `--mount` value; CSV-quoted, since --mount is parsed as CSV (commas in paths)."""
     line = io.StringIO()

@@ -122,6 +122,17 @@ def test_check_rdb_runs_the_servers_image_offline_on_a_read_only_mount(
     assert argv[-2:] == ["sha256:abc", "/kc-check/dump.rdb"]
 
 
+def test_check_in_container_runs_the_containers_own_binary_on_its_file(
+    runner: FakeRunner, docker: Docker
+) -> None:
+    runner.on("docker", "exec", stdout=CHECK_OK)
+
+    result = rdb.check_in_container(docker, "c0ffee", "/data/dump.rdb")
+
+    assert result.ok and result.keys == 3
+    assert runner.argvs == [["docker", "exec", "c0ffee", "redis-check-rdb", "/data/dump.rdb"]]
+
+
 def test_bind_mount_quotes_paths_with_commas(tmp_path: Path) -> None:
     odd = tmp_path / "a,b.rdb"
     value = rdb.bind_mount(odd, "/x")

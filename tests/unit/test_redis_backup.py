@@ -282,19 +282,33 @@ def fetched(data: bytes, check: str = CHECK_OK, returncode: int = 0) -> redis_ba
     )
 
 
-def test_fetch_dump_copies_then_checks_and_hashes_the_copy(
+def test_fetch_dump_copies_while_the_container_checks_its_dump_and_hashes_the_copy(
     tmp_path: Path, runner: FakeRunner, docker: Docker
 ) -> None:
     dest = tmp_path / "dump.partial"
     dest.write_bytes(b"REDIS0010rest")  # what `docker cp` would have written
-    runner.on("docker", "run", stdout=CHECK_OK)
+    runner.on("docker", "exec", stdout=CHECK_OK)
 
     result = redis_backup.fetch_dump(docker, TARGET, "/data/dump.rdb", dest, timeout=60)
 
     assert result == fetched(b"REDIS0010rest")
-    assert [argv[1] for argv in runner.argvs] == ["cp", "run"]
-    assert runner.argvs[0] == ["docker", "cp", "c0ffee:/data/dump.rdb", str(dest)]
-    assert "readonly" in runner.argvs[1][runner.argvs[1].index("--mount") + 1]
+    assert sorted(runner.argvs) == [
+        ["docker", "cp", "c0ffee:/data/dump.rdb", str(dest)],
+        ["docker", "exec", "c0ffee", "redis-check-rdb", "/data/dump.rdb"],
+    ]
+
+
+def test_fetch_dump_reports_what_the_check_found(
+    tmp_path: Path, runner: FakeRunner, docker: Docker
+) -> None:
+    dest = tmp_path / "dump.partial"
+    dest.write_bytes(b"REDIS0010")
+    runner.on("docker", "exec", returncode=1, stdout=CHECK_TRUNCATED)
+
+    result = redis_backup.fetch_dump(docker, TARGET, "/data/dump.rdb", dest, timeout=60)
+
+    assert not result.check.ok
+    assert result.check.problem.startswith("Unexpected EOF")
 
 
 def test_a_failed_copy_is_one_line(tmp_path: Path, runner: FakeRunner, docker: Docker) -> None:
