@@ -265,10 +265,11 @@ def _failure_among(
         if container.crashed_since(restarts.get(container.container_id, 0)):
             log = service_log(project, service)
             code = container.exit_code
-            return UserError(
-                f"{service} exited while starting (exit code {code}): {_exit_hint(code, log)}",
-                log,
-            )
+            # Docker resets the exit code once its restart policy has the container running.
+            what = f"exited while starting (exit code {code})"
+            if code == 0:
+                what = "crashed while starting and was restarted"
+            return UserError(f"{service} {what}: {_exit_hint(code, log)}", log)
         if container.health == "unhealthy":
             return UserError(
                 f"{service} is unhealthy: see its log below", service_log(project, service)
