@@ -8,6 +8,8 @@ stop it.
 
 from __future__ import annotations
 
+import secrets
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -43,18 +45,21 @@ def start_worker(settings: Settings, say: Say) -> subprocess.Popen[bytes]:
     from worker.celery_app import app
     from worker.cli import worker_argv
 
+    # A name of its own, so that only this worker's answer counts (others may share the broker).
+    nodename = f"kc-demo-{secrets.token_hex(3)}@{socket.gethostname()}"
     WORKER_LOG.parent.mkdir(parents=True, exist_ok=True)
     with WORKER_LOG.open("wb") as log:
         process = subprocess.Popen(
-            worker_argv(settings, None, "info"), cwd=paths.ROOT, stdout=log, stderr=log
-        )
+            [*worker_argv(settings, None, "info"), "--hostname", nodename],
+            cwd=paths.ROOT, stdout=log, stderr=log,
+        )  # fmt: skip
     deadline = time.monotonic() + WORKER_START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise UserError(
                 f"the worker exited at start (exit code {process.returncode}): see {WORKER_LOG}"
             )
-        if app.control.ping(timeout=1.0):
+        if app.control.ping(destination=[nodename], timeout=1.0):
             say(f"demo: worker {process.pid} is consuming (log: {_shown(WORKER_LOG)})")
             return process
     stop_worker(process)
