@@ -11,15 +11,16 @@ from pathlib import Path
 from invoke.context import Context
 from invoke.tasks import task
 
-from kcdev import backups as backup_files
 from kcdev import doctor as doctor_checks
-from kcdev import images, local_models, redis_backup, redis_restore, stack, status
+from kcdev import images, stack
 from kcdev.cli import confirm, number, one_line_errors, say
 from kcdev.compose import ComposeProject, check_backend
 from kcdev.docker_cli import Docker
 from kcdev.errors import UserError
-from kcdev.redis_target import target_from_project
 from kcdev.settings import load_settings
+
+# Modules that need redis-py, httpx or urllib3 are imported inside the tasks that use them:
+# importing them all here took 0.25 s of every command, `invoke up`'s time to ready included.
 
 BACKEND_HELP = "llamacpp, vllm or none (Redis alone); default: LLM_BACKEND from .env"
 
@@ -88,6 +89,8 @@ def down(c: Context, volumes: bool = False, yes: bool = False) -> None:
 @one_line_errors
 def ps(c: Context) -> None:
     """Show the services (state, health, ports), Redis, the Celery queue and LLM server metrics."""
+    from kcdev import status
+
     project = _project(running=True)
     states = stack.service_states(project)
     if not states:
@@ -190,6 +193,8 @@ def fetch_model(
 @one_line_errors
 def models(c: Context) -> None:
     """List the local models: size, verified or not, and which one the settings use."""
+    from kcdev import local_models
+
     say(local_models.report(load_settings()))
 
 
@@ -202,6 +207,10 @@ def models(c: Context) -> None:
 @one_line_errors
 def backup_redis(c: Context, output_dir: str | None = None, keep: str | None = None) -> None:
     """Back up the stack's Redis: a verified snapshot plus manifest; prints the file's path last."""
+    from kcdev import backups as backup_files
+    from kcdev import redis_backup
+    from kcdev.redis_target import target_from_project
+
     newest = None if keep is None else int(number("keep", keep, minimum=1, integer=True))
     target = target_from_project(_project("none"))
     folder = Path(output_dir) if output_dir else backup_files.DEFAULT_DIR
@@ -220,6 +229,10 @@ def restore_redis(
     c: Context, file: str | None = None, latest: bool = False, yes: bool = False
 ) -> None:
     """Replace Redis' data with a verified backup; takes a safety backup first, keeps AOF on."""
+    from kcdev import backups as backup_files
+    from kcdev import redis_restore
+    from kcdev.redis_target import target_from_project
+
     if bool(file) == latest:
         raise UserError("pass exactly one of --file=PATH or --latest")
     path = Path(file) if file else backup_files.latest(backup_files.DEFAULT_DIR)
@@ -233,6 +246,9 @@ def restore_redis(
 @one_line_errors
 def backups(c: Context, folder: str | None = None) -> None:
     """List Redis backups: time, size, keys, and whether each file still matches its manifest."""
+    from kcdev import backups as backup_files
+    from kcdev import status
+
     where = Path(folder) if folder else backup_files.DEFAULT_DIR
     listed = backup_files.list_backups(where)
     if not listed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -149,8 +150,12 @@ def test_llm_ready_passes_base_url_and_timeout_to_the_client(
     monkeypatch.setattr(httpx, "Client", client)
 
     readiness.llm_ready("http://127.0.0.1:8001", "model", timeout=7)
+    readiness.llm_ready("http://127.0.0.1:8001", "model", timeout=7)
 
-    assert made == [{"base_url": "http://127.0.0.1:8001", "timeout": 7}]
+    assert [(m["base_url"], m["timeout"]) for m in made] == [("http://127.0.0.1:8001", 7)] * 2
+    # One TLS context for every probe: building one loads the CA store (40 ms) each time.
+    assert made[0]["verify"] is made[1]["verify"]
+    assert isinstance(made[0]["verify"], ssl.SSLContext)
 
 
 # --- redis_ready -----------------------------------------------------------------------------

@@ -123,7 +123,7 @@ def test_up_prints_the_endpoints_and_the_time(
         "starting redis, llm-server (backend llamacpp, project kc-devenv)",
         "redis      redis://127.0.0.1:6379/0",
         "llm-server http://127.0.0.1:8000/v1 (model model)",
-        "ready in 0.2 s; stop with `invoke down`",
+        "ready in 0.1 s; stop with `invoke down`",
     ]
 
 
@@ -362,7 +362,7 @@ def test_restart_one_service_waits_and_reports(
     tasks.restart(Context(), service="redis", timeout=30)
 
     assert compose_subcommands(runner)[-1] == ["restart", "redis"]
-    assert capsys.readouterr().out == "redis ready again in 0.2 s\n"
+    assert capsys.readouterr().out == "redis ready again in 0.1 s\n"
 
 
 def test_restart_unknown_service_fails_before_docker(
