@@ -2,7 +2,9 @@
 
 `up` checks what it can before starting anything (model present, ports, GPU runtime), builds
 missing images, starts compose, then waits for real readiness: Redis answers and is not loading;
-the LLM server lists the model and completes one token; Docker's healthchecks agree.
+the LLM server lists the model and completes one token. It does not wait for Docker's own
+healthchecks, which probe once a second and may still say "starting" for up to that long: the
+stack serves by then, and waiting would add half a second on average to every `up`.
 """
 
 from __future__ import annotations
@@ -215,36 +217,6 @@ def _wait_ready(
                 "(large models load for minutes), or see its log below",
                 service_log(project, service),
             ) from None
-    _wait_docker_healthy(project, deadline, timeout, restarts)
-
-
-def _wait_docker_healthy(
-    project: ComposeProject, deadline: float, timeout: float, restarts: dict[str, int]
-) -> None:
-    """Wait until Docker's own healthchecks agree, so that `ps`, `compose up --wait` and
-    `depends_on: service_healthy` see the stack as ready once `up` has said so (the next probe
-    is at most a second away)."""
-    from kcdev import readiness
-
-    services = images.services_for(project.backend)
-    pending: list[str] = []
-
-    def agreed() -> str | None:
-        found = containers(project)
-        failure = _failure_among(project, found, services, restarts)
-        if failure is not None:
-            raise failure
-        pending[:] = [s for s in services if s in found and found[s].health == "starting"]
-        return "Docker's healthcheck still says starting" if pending else None
-
-    try:
-        readiness.wait_until(agreed, deadline)
-    except readiness.NotReady as exc:
-        raise UserError(
-            f"{pending[0]} answers, but {exc} after {timeout:.0f} s: "
-            "its healthcheck command may be failing, see its log below",
-            service_log(project, pending[0]),
-        ) from None
 
 
 def _start_failure(project: ComposeProject, stderr: str, restarts: dict[str, int]) -> UserError:
@@ -262,15 +234,7 @@ def _start_failure(project: ComposeProject, stderr: str, restarts: dict[str, int
 def _container_failure(
     project: ComposeProject, services: list[str], restarts: dict[str, int]
 ) -> UserError | None:
-    return _failure_among(project, containers(project), services, restarts)
-
-
-def _failure_among(
-    project: ComposeProject,
-    found: dict[str, Container],
-    services: list[str],
-    restarts: dict[str, int],
-) -> UserError | None:
+    found = containers(project)
     for service in services:
         container = found.get(service)
         if container is None:

@@ -51,8 +51,6 @@ STARTING: Snapshot = [
     inspect_entry("redis", "r1"),
     inspect_entry("llm-server", "l1", health="starting"),
 ]
-# The same containers once Docker's healthchecks have caught up with the readiness probes.
-HEALTHY: Snapshot = [inspect_entry("redis", "r1"), inspect_entry("llm-server", "l1")]
 
 
 def compose_files_of(argv: list[str]) -> list[str]:
@@ -668,64 +666,16 @@ def test_up_asks_vllm_for_the_folder_name_as_model(
     assert ready.llm_calls == [("http://127.0.0.1:8000", "model")]
 
 
-def test_up_of_services_ready_at_once_looks_at_the_containers_before_and_once_after(
+def test_up_of_services_ready_at_once_looks_at_the_containers_only_before_starting(
     make_project: MakeProject, runner: ScriptedRunner
 ) -> None:
-    """The crash watch runs only while a readiness check fails; once the services answer, one
-    look finds Docker's healthchecks already agreeing."""
+    """The crash watch runs only while a readiness check fails."""
     project = make_project()
-    script_up(runner, project, HEALTHY)
+    script_up(runner, project, STARTING)
 
     stack.up(project, timeout=600, say=lambda _: None)
 
-    assert runner.argvs.count(PS_PROJECT) == 2
-
-
-def test_up_returns_only_once_docker_reports_the_services_healthy(
-    make_project: MakeProject,
-    runner: ScriptedRunner,
-    clock: FakeClock,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """`ps` right after `up` must not say "starting" for a service `up` called ready."""
-    project = make_project()
-    script_up(runner, project, STARTING, STARTING, HEALTHY)
-    looks = record_container_looks(monkeypatch, clock)
-
-    stack.up(project, timeout=600, say=lambda _: None)
-
-    assert len(looks) == 4  # before `compose up`, then three until Docker agrees
-    assert looks[-1] > looks[1]
-
-
-def test_up_whose_healthcheck_never_passes_names_the_service_and_cleans_up(
-    make_project: MakeProject, runner: ScriptedRunner
-) -> None:
-    project = make_project()
-    script_up(runner, project, STARTING, log="last words\n")
-
-    with pytest.raises(UserError) as raised:
-        stack.up(project, timeout=30, say=lambda _: None)
-
-    assert str(raised.value) == (
-        "llm-server answers, but Docker's healthcheck still says starting after 30 s: "
-        "its healthcheck command may be failing, see its log below"
-    )
-    assert "last words" in raised.value.details
-    assert removals(runner) == [["rm", "--stop", "--force", "redis", "llm-server"]]
-
-
-def test_up_reports_a_service_turning_unhealthy_while_docker_catches_up(
-    make_project: MakeProject, runner: ScriptedRunner
-) -> None:
-    project = make_project()
-    script_up(
-        runner, project, STARTING,
-        [inspect_entry("redis", "r1"), inspect_entry("llm-server", "l1", health="unhealthy")],
-    )  # fmt: skip
-
-    with pytest.raises(UserError, match=r"^llm-server is unhealthy: see its log below$"):
-        stack.up(project, timeout=600, say=lambda _: None)
+    assert runner.argvs.count(PS_PROJECT) == 1
 
 
 @pytest.mark.parametrize(
@@ -984,7 +934,6 @@ def test_up_does_not_blame_a_running_service_for_restarts_before_this_up(
         runner,
         project,
         [old_redis, inspect_entry("llm-server", "l2", health="starting")],
-        [old_redis, inspect_entry("llm-server", "l2")],
         before=[old_redis, inspect_entry("llm-server", "l1")],
     )
 
@@ -1053,7 +1002,7 @@ def test_up_keep_on_failure_removes_nothing(
 
 def test_up_success_removes_nothing(make_project: MakeProject, runner: ScriptedRunner) -> None:
     project = make_project()
-    script_up(runner, project, STARTING, HEALTHY)
+    script_up(runner, project, STARTING)
 
     stack.up(project, timeout=600, say=lambda _: None)
 
