@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from celery import Celery
 
 from kcdev import images
 from kcdev.compose import ComposeProject
@@ -22,9 +23,11 @@ from kcdev.docker_cli import Docker
 from kcdev.errors import UserError
 from kcdev.settings import Settings, load_settings
 from tests.support.containers import LlamaCppContainer, RedisContainer
+from tests.support.stack import free_port
 from tests.support.tiny_gguf import write_tiny_llama
 from tests.support.tiny_hf import write_tiny_hf_llama
 from tests.support.vllm_server import VllmCpuContainer, ensure_vllm_cpu_image
+from tests.support.worker_process import WorkerProcess, client_app
 
 LLAMA_FLAVORS = ("llama-server", "llama-cpp-python")
 TINY_HF_NAME = "tiny-llama"
@@ -137,3 +140,26 @@ def vllm_server(vllm_cpu_image: str, tiny_hf_model: Path) -> Iterator[VllmCpuCon
     """vLLM's CPU build serving the tiny model: started once, as it takes about a minute."""
     with VllmCpuContainer(vllm_cpu_image, tiny_hf_model) as container:
         yield container
+
+
+# --- a worker process per module, for modules that define `worker_env` -----------------------
+
+
+@pytest.fixture(scope="module")
+def app(worker_env: dict[str, str]) -> Celery:
+    """A Celery client configured like the module's worker (`worker_env`, defined by the module)."""
+    return client_app(worker_env)
+
+
+@pytest.fixture(scope="module")
+def worker(
+    worker_env: dict[str, str],
+    app: Celery,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[WorkerProcess]:
+    """A real worker process with the module's `worker_env`, consuming before the tests run."""
+    module = request.module.__name__.rsplit(".", 1)[-1]
+    log = tmp_path_factory.mktemp(module) / "worker.log"
+    with WorkerProcess(worker_env, log, name=f"{module}-{free_port()}").start(app) as process:
+        yield process

@@ -8,16 +8,14 @@ Results are checked for their shape, as the tiny model writes meaningless text.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from celery import Celery
 
 from tests.support.containers import RedisContainer
-from tests.support.stack import free_port
 from tests.support.vllm_server import VllmCpuContainer
-from tests.support.worker_process import WorkerProcess, client_app, probe_counts
+from tests.support.worker_process import WorkerProcess, probe_counts, run_task
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +31,7 @@ DOCUMENT = "\n\n".join(
 
 @pytest.fixture(scope="module")
 def worker_env(redis_server: RedisContainer, vllm_server: VllmCpuContainer) -> dict[str, str]:
-    """A worker's environment for the shared Redis and vLLM; no N_CTX: vLLM reports its own."""
+    """A worker's environment for the shared Redis and vLLM, N_CTX wrong: vLLM reports its own."""
     env = {
         **os.environ,
         "REDIS_HOST": "127.0.0.1",
@@ -49,22 +47,8 @@ def worker_env(redis_server: RedisContainer, vllm_server: VllmCpuContainer) -> d
     return env
 
 
-@pytest.fixture(scope="module")
-def app(worker_env: dict[str, str]) -> Celery:
-    return client_app(worker_env)
-
-
-@pytest.fixture(scope="module")
-def worker(
-    worker_env: dict[str, str], app: Celery, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[WorkerProcess]:
-    log = tmp_path_factory.mktemp("vllm-worker") / "worker.log"
-    with WorkerProcess(worker_env, log, name=f"vllm-{free_port()}").start(app) as process:
-        yield process
-
-
 def run(app: Celery, task: str, **kwargs: Any) -> Any:
-    return app.send_task(f"worker.tasks.{task}", kwargs=kwargs).get(timeout=RESULT_TIMEOUT)
+    return run_task(app, task, RESULT_TIMEOUT, **kwargs)
 
 
 def test_generate(app: Celery, worker: WorkerProcess, vllm_server: VllmCpuContainer) -> None:

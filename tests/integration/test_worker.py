@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,7 +17,7 @@ from celery import Celery
 from kcdev.paths import ROOT
 from tests.support.containers import LlamaCppContainer, RedisContainer
 from tests.support.stack import free_port
-from tests.support.worker_process import WorkerProcess, client_app, probe_counts
+from tests.support.worker_process import WorkerProcess, probe_counts, run_task
 
 pytestmark = pytest.mark.integration
 
@@ -50,22 +49,8 @@ def worker_env(redis_server: RedisContainer, llama_server: LlamaCppContainer) ->
     return env
 
 
-@pytest.fixture(scope="module")
-def app(worker_env: dict[str, str]) -> Celery:
-    return client_app(worker_env)
-
-
-@pytest.fixture(scope="module")
-def worker(
-    worker_env: dict[str, str], app: Celery, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[WorkerProcess]:
-    log = tmp_path_factory.mktemp("worker") / "worker.log"
-    with WorkerProcess(worker_env, log, name=f"tasks-{free_port()}").start(app) as process:
-        yield process
-
-
 def run(app: Celery, task: str, **kwargs: Any) -> Any:
-    return app.send_task(f"worker.tasks.{task}", kwargs=kwargs).get(timeout=RESULT_TIMEOUT)
+    return run_task(app, task, RESULT_TIMEOUT, **kwargs)
 
 
 def test_generate(app: Celery, worker: WorkerProcess) -> None:

@@ -166,6 +166,11 @@ def client_app(env: Mapping[str, str]) -> Celery:
     return app
 
 
+def run_task(app: Celery, task: str, timeout: float, **kwargs: Any) -> Any:
+    """Send worker.tasks.<task> with `kwargs` and wait for its result (raises what it raised)."""
+    return app.send_task(f"worker.tasks.{task}", kwargs=kwargs).get(timeout=timeout)
+
+
 def wait_all(results: Iterable[AsyncResult[Any]], timeout: float) -> dict[str, str]:
     """Each task's final state, once all are final or `timeout` passed (then PENDING, STARTED...).
 
