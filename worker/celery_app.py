@@ -13,6 +13,8 @@ from celery import Celery
 from celery.exceptions import CPendingDeprecationWarning
 from kombu.transport import redis as kombu_redis
 
+from worker import reliable_fetch
+
 # config.py keeps running tasks alive through a lost broker connection on purpose (see
 # worker_cancel_long_running_tasks_on_connection_loss there); Celery would warn at each reconnect.
 warnings.filterwarnings(
@@ -47,6 +49,7 @@ def _closed_channels_fail_like_lost_connections() -> None:
 
 
 _closed_channels_fail_like_lost_connections()
+reliable_fetch.install()
 
 app = Celery("worker", include=["worker.tasks"])
 app.config_from_object("worker.config")

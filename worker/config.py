@@ -43,6 +43,8 @@ broker_transport_options = {
     # this many seconds. It must exceed the task time limit, or a task still running is handed
     # to a second worker (settings.py refuses a smaller value; a unit test checks it here too).
     "visibility_timeout": _settings.visibility_timeout,
+    # One list per queue (no task priorities): worker/reliable_fetch.py fetches from one list.
+    "priority_steps": [0],
     "unacked_restore_interval": UNACKED_RESTORE_INTERVAL,
     "unacked_restore_throttle": 1,
     "socket_timeout": SOCKET_TIMEOUT,

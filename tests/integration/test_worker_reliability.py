@@ -89,16 +89,14 @@ def not_succeeded(states: dict[str, str], results: list[AsyncResult[Any]]) -> di
     return found
 
 
-def test_kill_9_with_tasks_in_flight_loses_none_of_them(
+def test_kill_9_with_tasks_in_flight_loses_none(
     redis_server: RestartableRedis, llm: RestartableLlama, tmp_path: Path,
     record_property: Any,
 ) -> None:  # fmt: skip
-    """Every task running or reserved at the kill runs again on the next worker.
+    """Every task, running, reserved or being fetched at the kill, completes on the next worker.
 
-    One message may still be lost, and this is kombu's Redis transport, not our settings: it
-    takes a message with BRPOP and records it as unacknowledged only once it has read the reply,
-    so a kill -9 in between loses that one message (celery/kombu#305, celery/celery#7950; seen
-    once in CI). At most one, never one that had started: anything more is a defect here.
+    Before worker/reliable_fetch.py this lost a task now and then (one in twenty, once in CI):
+    kombu's BRPOP had taken it from the queue and the killed worker had not recorded it yet.
     """
     env = environment(redis_server, llm, **SHORT_VISIBILITY)
     app = client_app(env)
@@ -124,13 +122,12 @@ def test_kill_9_with_tasks_in_flight_loses_none_of_them(
     duplicates = sum(n - 1 for n in counts["succeeded"].values() if n > 1)
     record_property("in_flight_at_kill", len(in_flight))
     record_property("duplicates", duplicates)
-    record_property("lost_in_transit", len(lost))
-    print(f"\nkill -9: {len(in_flight)} task(s) running at the kill, lost {len(lost)} in "
-          f"transit, duplicates {duplicates} (succeeded twice or more)")  # fmt: skip
-    assert all(counts["succeeded"].get(task_id, 0) >= 1 for task_id in in_flight)
-    in_transit = {task_id: state for task_id, state in lost.items()
-                  if task_id not in at_kill["started"] and state == "PENDING"}  # fmt: skip
-    assert lost == in_transit and len(lost) <= 1, f"lost tasks: {lost}\n{second.log_tail()}"
+    print(f"\nkill -9: {len(in_flight)} task(s) running at the kill, lost {len(lost)}, "
+          f"duplicates {duplicates} (succeeded twice or more)")  # fmt: skip
+    # Every result is SUCCESS, the tasks running at the kill included. (Their success count may
+    # be missing: a task killed between storing its result and the success signal is skipped
+    # as already done when it comes back.)
+    assert lost == {}, f"lost tasks: {lost}\n{second.log_tail()}"
 
 
 def test_llm_server_stopped_for_20_s_every_task_completes_after_it_returns(
