@@ -28,7 +28,7 @@ from kcdev.docker_cli import Docker
 from kcdev.paths import GGUF_DIR
 from kcdev.settings import load_settings
 from tests.support.stack import StackUnderTest, isolated_stack
-from tests.support.tiny_gguf import write_tiny_llama
+from tests.support.tiny_gguf import model_or_tiny
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 NEW_TOKENS = 64
@@ -133,11 +133,7 @@ def main() -> None:
     parser.add_argument("--skip", choices=("ready", "throughput"), action="append", default=[])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model
-        if not model.is_file():
-            print(f"{model} missing: using the tiny test model (figures not comparable)")
-            model = write_tiny_llama(Path(tmp) / "tiny-llama.gguf")
-            Path(tmp).chmod(0o755)
+        model = model_or_tiny(args.model, Path(tmp))
         if "ready" not in args.skip:
             time_to_ready(model.parent.resolve(), model.name, args.rounds)
         if "throughput" not in args.skip:

@@ -35,7 +35,7 @@ from kcdev.docker_cli import Docker
 from kcdev.paths import GGUF_DIR
 from kcdev.settings import load_settings
 from tests.support.containers import LlamaCppContainer, RedisContainer
-from tests.support.tiny_gguf import write_tiny_llama
+from tests.support.tiny_gguf import model_or_tiny
 from tests.support.worker_process import WorkerProcess, client_app
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
@@ -207,11 +207,7 @@ def main() -> None:
     # by their context managers instead.
     os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model
-        if not model.is_file():
-            print(f"{model} missing: using the tiny test model (figures not comparable)")
-            model = write_tiny_llama(Path(tmp) / "tiny-llama.gguf")
-            Path(tmp).chmod(0o755)
+        model = model_or_tiny(args.model, Path(tmp))
         run(model.resolve(), args.requests, args.rounds, args.pings, say=print)
 
 

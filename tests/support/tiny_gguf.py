@@ -136,3 +136,13 @@ def write_tiny_llama(path: Path, *, seed: int = 0, n_ctx_train: int = 2048) -> P
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def model_or_tiny(model: Path, scratch: Path) -> Path:
+    """`model` when it exists, else the tiny model written into `scratch` (for benchmarks that
+    must run without the default preset; their figures then say so)."""
+    if model.is_file():
+        return model
+    print(f"{model} missing: using the tiny test model (figures not comparable)")
+    scratch.chmod(0o755)  # the server runs as an unprivileged user
+    return write_tiny_llama(scratch / "tiny-llama.gguf")
