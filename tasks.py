@@ -11,13 +11,13 @@ from pathlib import Path
 from invoke.context import Context
 from invoke.tasks import task
 
-from kcdev import doctor as doctor_checks
-from kcdev import images, stack
-from kcdev.cli import confirm, number, one_line_errors, say
-from kcdev.compose import ComposeProject, check_backend
-from kcdev.docker_cli import Docker
+from kcdev.backends import LLM_SERVER
+from kcdev.console import confirm, number, one_line_errors, say, table
 from kcdev.errors import UserError
 from kcdev.settings import load_settings
+from kcdev.stack import images, lifecycle
+from kcdev.stack.compose import ComposeProject, check_backend
+from kcdev.stack.docker_cli import Docker
 
 # Modules that need redis-py, httpx or urllib3 are imported inside the tasks that use them:
 # importing them all here took 0.25 s of every command, `invoke up`'s time to ready included.
@@ -36,7 +36,7 @@ def _project(backend: str | None = None, *, running: bool = False) -> ComposePro
     docker.ensure_daemon()
     project = ComposeProject(settings, chosen, docker)
     if running and backend is None:
-        project.backend = stack.running_backend(project) or chosen
+        project.backend = lifecycle.running_backend(project) or chosen
     return project
 
 
@@ -65,7 +65,7 @@ def up(
     """Start Redis and the LLM server and wait until they really serve (builds images if needed)."""
     wait = number("timeout", timeout, minimum=1)
     project = _project(backend)
-    took = stack.up(project, timeout=wait, keep_on_failure=keep_on_failure, say=say)
+    took = lifecycle.up(project, timeout=wait, keep_on_failure=keep_on_failure, say=say)
     s = project.settings
     say(f"redis      redis://{s.redis_host}:{s.redis_port}/{s.redis_db}")
     if project.backend != "none":
@@ -81,7 +81,7 @@ def down(c: Context, volumes: bool = False, yes: bool = False) -> None:
         name = load_settings().compose_project_name
         confirm(f"Delete the Redis data volume of project {name!r}? This cannot be undone.")
     project = _project("none")
-    stack.down(project, volumes=volumes)
+    lifecycle.down(project, volumes=volumes)
     say(f"stack {project.name} is down" + (" and its volumes deleted" if volumes else ""))
 
 
@@ -89,16 +89,16 @@ def down(c: Context, volumes: bool = False, yes: bool = False) -> None:
 @one_line_errors
 def ps(c: Context) -> None:
     """Show the services (state, health, ports), Redis, the Celery queue and LLM server metrics."""
-    from kcdev import status
+    from kcdev.stack import status
 
     project = _project(running=True)
-    states = stack.service_states(project)
+    states = lifecycle.service_states(project)
     if not states:
         say(f"stack {project.name} is not running: start it with `invoke up`")
         return
     say(status.services_table(states))
     say(status.redis_summary(project.settings))
-    if "llm-server" in states:
+    if LLM_SERVER in states:
         say(status.llm_summary(project.settings))
 
 
@@ -112,7 +112,7 @@ def ps(c: Context) -> None:
 @one_line_errors
 def logs(c: Context, service: str | None = None, follow: bool = False, tail: str = "100") -> None:
     """Show the services' logs."""
-    stack.check_service(service)
+    lifecycle.check_service(service)
     lines = int(number("tail", tail, minimum=0, integer=True))
     project = _project(running=True)
     args = ["logs", "--tail", str(lines), *(["--follow"] if follow else [])]
@@ -128,10 +128,10 @@ def logs(c: Context, service: str | None = None, follow: bool = False, tail: str
 @one_line_errors
 def restart(c: Context, service: str | None = None, timeout: str = "600") -> None:
     """Restart the stack or one service and wait until it serves again."""
-    stack.check_service(service)
+    lifecycle.check_service(service)
     wait = number("timeout", timeout, minimum=1)
     project = _project(running=True)
-    took = stack.restart(project, service, timeout=wait, say=say)
+    took = lifecycle.restart(project, service, timeout=wait, say=say)
     say(f"{service or 'stack'} ready again in {took:.1f} s")
 
 
@@ -139,10 +139,12 @@ def restart(c: Context, service: str | None = None, timeout: str = "600") -> Non
 @one_line_errors
 def doctor(c: Context, backend: str | None = None) -> None:
     """Check everything the stack needs, one line each; exits non-zero when any check fails."""
+    from kcdev.stack.doctor import run_checks
+
     if backend is not None:
         check_backend(backend)
     failed = 0
-    for check in doctor_checks.run_checks(backend, Docker()):
+    for check in run_checks(backend, Docker()):
         say(check.line())
         failed += not check.ok
     if failed:
@@ -151,7 +153,7 @@ def doctor(c: Context, backend: str | None = None) -> None:
 
 @task(
     help={
-        "preset": "model from kcdev/model_presets.toml (default: gemma-3-270m; "
+        "preset": "model from kcdev/models/presets.toml (default: gemma-3-270m; "
         "qwen2.5-0.5b-instruct for vllm)",
         "repo": "Hugging Face Hub repo OWNER/NAME: one --file for llamacpp, a snapshot for vllm",
         "file": "the GGUF file inside --repo",
@@ -183,7 +185,7 @@ def fetch_model(
 ) -> None:
     """Download a model (resumable, sha256-verified) and point .env at it; default: Gemma 3 270M."""
     # Imported here: huggingface_hub adds ~0.25 s to every `invoke` command otherwise.
-    from kcdev.fetch_model import FetchRequest, ModelFetcher
+    from kcdev.models.fetch import FetchRequest, ModelFetcher
 
     request = FetchRequest(preset, repo, file, revision, url, sha256, backend, name, allow_pickle)
     ModelFetcher(load_settings(), say=say).run(request, dry_run=dry_run, no_env=no_env)
@@ -193,9 +195,9 @@ def fetch_model(
 @one_line_errors
 def models(c: Context) -> None:
     """List the local models: size, verified or not, and which one the settings use."""
-    from kcdev import local_models
+    from kcdev.models import installed
 
-    say(local_models.report(load_settings()))
+    say(installed.report(load_settings()))
 
 
 @task(
@@ -207,14 +209,13 @@ def models(c: Context) -> None:
 @one_line_errors
 def backup_redis(c: Context, output_dir: str | None = None, keep: str | None = None) -> None:
     """Back up the stack's Redis: a verified snapshot plus manifest; prints the file's path last."""
-    from kcdev import backups as backup_files
-    from kcdev import redis_backup
-    from kcdev.redis_target import target_from_project
+    from kcdev.backup import save, store
+    from kcdev.backup.redis_target import target_from_project
 
     newest = None if keep is None else int(number("keep", keep, minimum=1, integer=True))
     target = target_from_project(_project("none"))
-    folder = Path(output_dir) if output_dir else backup_files.DEFAULT_DIR
-    say(str(redis_backup.backup(target, folder, newest, say=say)))
+    folder = Path(output_dir) if output_dir else store.DEFAULT_DIR
+    say(str(save.backup(target, folder, newest, say=say)))
 
 
 @task(
@@ -229,15 +230,14 @@ def restore_redis(
     c: Context, file: str | None = None, latest: bool = False, yes: bool = False
 ) -> None:
     """Replace Redis' data with a verified backup; takes a safety backup first, keeps AOF on."""
-    from kcdev import backups as backup_files
-    from kcdev import redis_restore
-    from kcdev.redis_target import target_from_project
+    from kcdev.backup import restore, store
+    from kcdev.backup.redis_target import target_from_project
 
     if bool(file) == latest:
         raise UserError("pass exactly one of --file=PATH or --latest")
-    path = Path(file) if file else backup_files.latest(backup_files.DEFAULT_DIR)
+    path = Path(file) if file else store.latest(store.DEFAULT_DIR)
     target = target_from_project(_project("none"))
-    found = redis_restore.restore(target, path, yes, say=say)
+    found = restore.restore(target, path, yes, say=say)
     counts = ", ".join(f"db{n} {db.keys} keys" for n, db in sorted(found.items()))
     say(f"restored {path.name}: {counts or 'no keys'}")
 
@@ -246,15 +246,14 @@ def restore_redis(
 @one_line_errors
 def backups(c: Context, folder: str | None = None) -> None:
     """List Redis backups: time, size, keys, and whether each file still matches its manifest."""
-    from kcdev import backups as backup_files
-    from kcdev import status
+    from kcdev.backup import store
 
-    where = Path(folder) if folder else backup_files.DEFAULT_DIR
-    listed = backup_files.list_backups(where)
+    where = Path(folder) if folder else store.DEFAULT_DIR
+    listed = store.list_backups(where)
     if not listed:
         say(f"no backups in {where}: make one with `invoke backup-redis`")
         return
-    say(status.table(backup_files.listing_rows(listed)))
+    say(table(store.listing_rows(listed)))
 
 
 @task(

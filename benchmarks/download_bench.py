@@ -1,4 +1,4 @@
-"""Benchmark: kcdev.download, sha256 check included, against plain `curl -o` from the same server.
+"""Benchmark: kcdev.models.download, sha256 check included, against `curl -o` from the same server.
 
     python -m benchmarks.download_bench [--size-mb 1024] [--rounds 5] [--keep]
 
@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kcdev.download import Digest, Downloader, SourceFailed, hash_file, make_pool
+from kcdev.models.download import Digest, Downloader, SourceFailed, hash_file, make_pool
 from kcdev.paths import CACHE_DIR
 from tests.support.http_server import LocalServer
 
@@ -120,7 +120,7 @@ def throughput(server: LocalServer, size: int, digest: Digest, rounds: int) -> N
     print(f"  {'curl -o /dev/null (the server alone)':<37}: {server_alone:6.2f} s")
     print(f"  {'sha256 alone (file in page cache)':<37}: {hash_alone[0]:6.2f} s  "
           f"cpu {hash_alone[1]:5.2f} s")  # fmt: skip
-    for label, key in (("curl -o FILE", "curl"), ("kcdev.download + sha256 check", "ours")):
+    for label, key in (("curl -o FILE", "curl"), ("kcdev.models.download + sha256 check", "ours")):
         wall = statistics.median(r.wall for r in runs[key])
         cpu = statistics.median(r.cpu for r in runs[key])
         walls = _fmt([r.wall for r in runs[key]])

@@ -29,10 +29,11 @@ from pathlib import Path
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # no registry for Ryuk's image
 
-from kcdev import backups
-from kcdev.images import REDIS_IMAGE
-from kcdev.redis_backup import backup
-from kcdev.redis_restore import restore
+from kcdev.backup import store
+from kcdev.backup.restore import restore
+from kcdev.backup.save import backup
+from kcdev.console import human_size
+from kcdev.stack.images import REDIS_IMAGE
 from tests.support.redis_target import FixedPortRedis
 
 VALUE_SIZE = 8192
@@ -74,7 +75,7 @@ def timed(run: Callable[[], object]) -> float:
 def ours(server: FixedPortRedis, folder: Path) -> None:
     path = backup(server.target(), folder, say=lambda line: None)
     path.unlink()
-    backups.manifest_path(path).unlink()
+    store.manifest_path(path).unlink()
 
 
 def redis_cli(server: FixedPortRedis, folder: Path) -> None:
@@ -127,7 +128,7 @@ def restore_time(server: FixedPortRedis, folder: Path, keys: int) -> None:
     took = time.monotonic() - start
     restored = sum(db.keys for db in found.values())
     assert restored == keys, f"restored {restored} keys, expected {keys}"
-    print(f"restore of {backups.human_size(path.stat().st_size)} ({keys} keys): {took:.2f} s")
+    print(f"restore of {human_size(path.stat().st_size)} ({keys} keys): {took:.2f} s")
     for at, line in marks:
         print(f"  {at:6.2f} s  {line}")
 

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import httpx
 
-from kcdev.compose import ComposeProject
-from kcdev.docker_cli import Docker
 from kcdev.paths import GGUF_DIR
 from kcdev.settings import load_settings
+from kcdev.stack.compose import ComposeProject
+from kcdev.stack.docker_cli import Docker
 from tests.support.stack import StackUnderTest, isolated_stack
 from tests.support.tiny_gguf import model_or_tiny
 

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import httpx
 
-from kcdev import images
-from kcdev.compose import ComposeProject
-from kcdev.docker_cli import Docker
 from kcdev.settings import load_settings
+from kcdev.stack import images
+from kcdev.stack.compose import ComposeProject
+from kcdev.stack.docker_cli import Docker
 from tests.support.containers import LlamaCppContainer, LoopbackContainer
 from tests.support.tiny_gguf import write_tiny_llama
 from tests.support.tiny_hf import write_tiny_hf_llama

@@ -29,11 +29,11 @@ from pathlib import Path
 import httpx
 from celery import Celery
 
-from kcdev import images
-from kcdev.compose import ComposeProject
-from kcdev.docker_cli import Docker
 from kcdev.paths import GGUF_DIR
 from kcdev.settings import load_settings
+from kcdev.stack import images
+from kcdev.stack.compose import ComposeProject
+from kcdev.stack.docker_cli import Docker
 from tests.support.containers import LlamaCppContainer, RedisContainer
 from tests.support.tiny_gguf import model_or_tiny
 from tests.support.worker_process import WorkerProcess, client_app

@@ -12,26 +12,25 @@ import secrets
 import socket
 import subprocess
 import time
-from collections.abc import Callable
-from pathlib import Path
 
-from kcdev import paths, preflight, stack
-from kcdev.compose import ComposeProject
-from kcdev.docker_cli import Docker
+from kcdev import paths
+from kcdev.console import Say
 from kcdev.errors import UserError
 from kcdev.settings import Settings, load_settings
+from kcdev.stack import lifecycle, preflight
+from kcdev.stack.compose import ComposeProject
+from kcdev.stack.docker_cli import Docker
 
 SAMPLE = paths.ROOT / "worker" / "samples" / "sample-document.md"
 WORKER_LOG = paths.CACHE_DIR / "demo-worker.log"
 WORKER_START_TIMEOUT = 90.0
-Say = Callable[[str], None]
 
 
 def ensure_model(settings: Settings, say: Say) -> Settings:
     """Fetch the default preset when the configured GGUF file is missing; .env then points at it."""
     if preflight.model_problem(settings, "llamacpp") is None:
         return settings
-    from kcdev.fetch_model import FetchRequest, ModelFetcher  # huggingface_hub: import when needed
+    from kcdev.models.fetch import FetchRequest, ModelFetcher  # huggingface_hub: import when needed
 
     say("demo: the model is missing: fetching the default preset")
     ModelFetcher(settings, say=say).run(
@@ -60,7 +59,7 @@ def start_worker(settings: Settings, say: Say) -> subprocess.Popen[bytes]:
                 f"the worker exited at start (exit code {process.returncode}): see {WORKER_LOG}"
             )
         if app.control.ping(destination=[nodename], timeout=1.0):
-            say(f"demo: worker {process.pid} is consuming (log: {_shown(WORKER_LOG)})")
+            say(f"demo: worker {process.pid} is consuming (log: {paths.shown(WORKER_LOG)})")
             return process
     stop_worker(process)
     raise UserError(
@@ -87,12 +86,13 @@ def run(say: Say, timeout: float) -> None:
     docker = Docker()
     docker.ensure_daemon()
     project = ComposeProject(settings, "llamacpp", docker)
-    took = stack.up(project, timeout=timeout, say=say)
+    took = lifecycle.up(project, timeout=timeout, say=say)
     say(f"demo: stack ready in {took:.1f} s (model {settings.served_model('llamacpp')})")
     worker = start_worker(settings, say)
     try:
         words = len(SAMPLE.read_text(encoding="utf-8").split())
-        say(f"demo: summarizing {_shown(SAMPLE)} ({words} words), longer than the model's context")
+        shown = paths.shown(SAMPLE)
+        say(f"demo: summarizing {shown} ({words} words), longer than the model's context")
         answer = ask("summarize", "", SAMPLE, timeout, say=say)
     finally:
         stop_worker(worker)
@@ -104,7 +104,3 @@ def run(say: Say, timeout: float) -> None:
         'demo: next: `invoke worker` in one terminal, `invoke ask "..."` in another; '
         "stop everything with `invoke down`"
     )
-
-
-def _shown(path: Path) -> Path:
-    return path.relative_to(paths.ROOT) if path.is_relative_to(paths.ROOT) else path

@@ -11,3 +11,8 @@ HF_DIR = MODELS_DIR / "hf"
 CACHE_DIR = ROOT / ".cache"
 ENV_FILE = ROOT / ".env"
 ENV_SAMPLE = ROOT / ".env.sample"
+
+
+def shown(path: Path) -> str:
+    """A path as the user should read it: relative to the repo when inside it, else as given."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)

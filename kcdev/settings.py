@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
+from kcdev.backends import BACKENDS
 from kcdev.errors import UserError
 from kcdev.paths import ENV_FILE, ROOT
 
@@ -135,7 +136,7 @@ class Settings:
         "llamacpp",
         "LLM server that `invoke up` starts: llamacpp, vllm (NVIDIA GPU, or VLLM_VARIANT=cpu), "
         "or none (Redis alone)",
-        _choice("llamacpp", "vllm", "none"),
+        _choice(*BACKENDS),
     )
     compose_project_name: str = _setting(
         "kc-devenv",

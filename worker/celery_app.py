@@ -33,10 +33,11 @@ def _closed_channels_fail_like_lost_connections() -> None:
     acknowledges on its old channel. Both then build a new Redis pool from the missing `client`
     and raise AttributeError, which Celery (5.7, kombu 5.7) treats as unrecoverable: the worker
     logs "Unrecoverable error: AttributeError(... 'hostname')", stops consuming and hangs in its
-    shutdown (about one Redis restart in ten under load, in tests/integration/
-    test_worker_reliability.py and a stress run). As a connection error instead, both are
-    handled: the messages stay in Redis' unacknowledged set and are redelivered after the
-    visibility timeout, where a task that already succeeded is skipped (config.py).
+    shutdown (about one Redis restart in ten under load, in
+    tests/integration/worker/test_reliability.py and a stress run). As a connection error
+    instead, both are handled: the messages stay in Redis' unacknowledged set and are
+    redelivered after the visibility timeout, where a task that already succeeded is skipped
+    (config.py).
     """
     connparams = kombu_redis.Channel._connparams  # type: ignore[attr-defined]  # private
 

@@ -140,11 +140,11 @@ def ensure_consumers(app: Any) -> None:
     """Fail in one line, within seconds, when Redis is down or no worker would take the task."""
     import redis
 
+    from kcdev.redis_client import client_from_url
+
     url = app.conf.broker_url
     where = f"{urlsplit(url).hostname}:{urlsplit(url).port or 6379}"
-    client = redis.Redis.from_url(
-        url, socket_connect_timeout=PROBE_TIMEOUT, socket_timeout=PROBE_TIMEOUT
-    )
+    client = client_from_url(url, timeout=PROBE_TIMEOUT)
     try:
         client.ping()
     except redis.AuthenticationError:

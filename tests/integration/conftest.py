@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
-from kcdev import images
-from kcdev.compose import ComposeProject
-from kcdev.docker_cli import Docker
 from kcdev.errors import UserError
 from kcdev.settings import Settings, load_settings
+from kcdev.stack import images
+from kcdev.stack.compose import ComposeProject
+from kcdev.stack.docker_cli import Docker
 from tests.support.containers import LlamaCppContainer, RedisContainer
 from tests.support.stack import free_port
 from tests.support.tiny_gguf import write_tiny_llama

@@ -1,6 +1,6 @@
 """A stand-in for the Hugging Face Hub, on a LocalServer, reached through HF_ENDPOINT.
 
-It answers just what huggingface_hub calls for kcdev.hub (model_info with file metadata, the
+It answers just what huggingface_hub calls for kcdev.models.hub (model_info with file metadata, the
 paths-info lookup) and the `/resolve/` downloads, with the Hub's shapes and error headers: LFS files
 redirect to a CDN path as on the real Hub, gated repos answer 401 without a token and 403 with the
 wrong one, unknown repos, revisions and files answer 404 with the Hub's X-Error-Code.
@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote
 
-from kcdev.hub import HubConfig
+from kcdev.models.hub import HubConfig
 from tests.support.http_server import LocalServer, Reply, Request, Resource
 
 LFS_SUFFIXES = (".safetensors", ".gguf", ".bin")
@@ -54,7 +54,7 @@ class StandinRepo:
 
 
 class HubStandin:
-    """Repos served at `endpoint`; `config()` is the HubConfig a test hands to kcdev.hub.Hub."""
+    """Repos served at `endpoint`; `config()` is the HubConfig a test hands to the Hub."""
 
     def __init__(self, server: LocalServer) -> None:
         self.server = server

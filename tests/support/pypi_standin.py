@@ -11,8 +11,8 @@ import hashlib
 import zipfile
 from pathlib import Path
 
-from kcdev.model_catalog import ChunkPart, PypiChunks
-from kcdev.pypi_mirror import SIMPLE_JSON, normalize
+from kcdev.models.catalog import ChunkPart, PypiChunks
+from kcdev.models.pypi_mirror import SIMPLE_JSON, normalize
 from tests.support.http_server import LocalServer, Reply, Request, Resource
 
 

@@ -12,9 +12,9 @@ import subprocess
 import time
 from typing import Any
 
-from kcdev import readiness
-from kcdev.docker_cli import Docker
-from kcdev.redis_target import RedisTarget, ready_reason, target_for_container
+from kcdev.backup.redis_target import RedisTarget, ready_reason, target_for_container
+from kcdev.stack import readiness
+from kcdev.stack.docker_cli import Docker
 from tests.support.containers import LOOPBACK, RedisContainer
 from tests.support.stack import free_port
 

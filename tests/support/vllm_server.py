@@ -12,11 +12,11 @@ from typing import Any
 
 from testcontainers.core.waiting_utils import WaitStrategy, WaitStrategyTarget
 
-from kcdev import images
-from kcdev.compose import ComposeProject
-from kcdev.docker_cli import Docker
-from kcdev.readiness import llm_ready
 from kcdev.settings import load_settings
+from kcdev.stack import images
+from kcdev.stack.compose import ComposeProject
+from kcdev.stack.docker_cli import Docker
+from kcdev.stack.readiness import llm_ready
 from tests.support.containers import LoopbackContainer
 
 PORT = 8000

@@ -1,7 +1,7 @@
 """Shared fixtures for the unit tests: a fake command runner and settings without `.env`.
 
 Nothing here talks to Docker or the network: `FakeRunner` stands in for
-`kcdev.docker_cli.run_subprocess`, records what would have run, and answers from a table.
+`kcdev.stack.docker_cli.run_subprocess`, records what would have run, and answers from a table.
 `ScriptedRunner`, `FakeClock` and `FakeReadiness` let the stack's lifecycle run the same way.
 """
 
@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 import pytest
 
-from kcdev.docker_cli import Docker
 from kcdev.settings import Settings, load_settings
+from kcdev.stack.docker_cli import Docker
 
 Result = tuple[int, str, str]  # (returncode, stdout, stderr)
 
@@ -142,10 +142,10 @@ class FakeClock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     """A fake clock for the stack's deadlines and readiness polling: no test waits for real."""
-    from kcdev import readiness, stack
+    from kcdev.stack import lifecycle, readiness
 
     fake = FakeClock()
-    monkeypatch.setattr(stack, "time", fake)
+    monkeypatch.setattr(lifecycle, "time", fake)
     monkeypatch.setattr(readiness, "time", fake)
     return fake
 

@@ -12,8 +12,7 @@ from dotenv import dotenv_values
 from kcdev import paths
 from kcdev.errors import UserError
 from kcdev.settings import Settings, load_settings
-
-from .conftest import MakeSettings
+from tests.unit.conftest import MakeSettings
 
 PASSWORD = "s3cret-Pa55word"
 

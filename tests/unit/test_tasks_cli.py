@@ -14,12 +14,11 @@ import pytest
 from invoke.context import Context
 from invoke.exceptions import Exit
 
-from kcdev.cli import confirm, one_line_errors, say
-from kcdev.docker_cli import Docker
+from kcdev.console import confirm, one_line_errors, say
 from kcdev.errors import UserError
-from kcdev.images import LLAMACPP_IMAGE, REDIS_IMAGE
-
-from .conftest import FakeRunner, MakeSettings
+from kcdev.stack.docker_cli import Docker
+from kcdev.stack.images import LLAMACPP_IMAGE, REDIS_IMAGE
+from tests.unit.conftest import FakeRunner, MakeSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

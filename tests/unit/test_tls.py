@@ -9,8 +9,7 @@ import pytest
 from kcdev import tls
 from kcdev.errors import UserError
 from kcdev.tls import EMPTY_CA_BUNDLE
-
-from .conftest import MakeSettings
+from tests.unit.conftest import MakeSettings
 
 # --- ca_bundle -------------------------------------------------------------------------------
 

@@ -1,0 +1,218 @@
+"""The models on this machine (`invoke models`) and the record of which ones were verified.
+
+Verification happens once, when a model is fetched; hashing gigabytes on every `invoke models`
+would be slow, so fetch-model records what it verified in `.kc-verified.json` next to the models,
+with each file's size and modification time. A file whose size or time no longer match is shown as
+changed since verification rather than trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from kcdev import files, paths
+from kcdev.console import human_size
+from kcdev.models.download import Digest, Partial
+from kcdev.settings import Settings
+
+MANIFEST_NAME = ".kc-verified.json"
+PARTIAL_SUFFIXES = (".part", ".part.json", ".mirror.part", ".lock", ".tmp")
+
+
+def manifest_path(directory: Path) -> Path:
+    return directory / MANIFEST_NAME
+
+
+def read_manifest(directory: Path) -> dict[str, dict[str, Any]]:
+    try:
+        data = json.loads(manifest_path(directory).read_text())
+    except (OSError, ValueError):
+        return {}
+    return (
+        {str(k): v for k, v in data.items() if isinstance(v, dict)}
+        if isinstance(data, dict)
+        else {}
+    )
+
+
+def _stat_entry(path: Path, digest: Digest) -> dict[str, Any]:
+    stat = path.stat()
+    return {
+        "algorithm": digest.algorithm,
+        "hexdigest": digest.hexdigest,
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+    }
+
+
+def record_file(directory: Path, name: str, digest: Digest, source: str) -> None:
+    """Remember that `directory/name` was verified against `digest` (fetched from `source`)."""
+    entry = {"kind": "file", **_stat_entry(directory / name, digest), "source": source}
+    _update(directory, name, entry)
+
+
+def record_folder(
+    directory: Path, name: str, repo: str, revision: str, files: Iterable[tuple[str, Digest]]
+) -> None:
+    """Remember a verified Hub snapshot `directory/name`: each file with its checksum."""
+    folder = directory / name
+    entry = {
+        "kind": "folder",
+        "repo": repo,
+        "revision": revision,
+        "files": {path: _stat_entry(folder / path, digest) for path, digest in files},
+    }
+    _update(directory, name, entry)
+
+
+def forget(directory: Path, name: str) -> None:
+    if name in read_manifest(directory):
+        _update(directory, name, None)
+
+
+def _update(directory: Path, name: str, entry: dict[str, Any] | None) -> None:
+    """Rewrite the manifest under its own lock: fetches of different models may finish together."""
+    with FileLock(directory / f"{MANIFEST_NAME}.lock"):
+        manifest = read_manifest(directory)
+        if entry is None:
+            manifest.pop(name, None)
+        else:
+            manifest[name] = {**entry, "verified_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        tmp = manifest_path(directory).with_suffix(".json.tmp")  # one writer at a time: the lock
+        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, manifest_path(directory))
+
+
+def _unchanged(path: Path, entry: dict[str, Any]) -> bool:
+    try:
+        stat = path.stat()
+    except OSError:
+        return False
+    return stat.st_size == entry.get("size") and stat.st_mtime_ns == entry.get("mtime_ns")
+
+
+def file_is_verified(directory: Path, name: str, digest: Digest) -> bool:
+    """Verified earlier against this very digest, and untouched since."""
+    entry = read_manifest(directory).get(name)
+    return (
+        entry is not None
+        and entry.get("kind") == "file"
+        and entry.get("algorithm") == digest.algorithm
+        and entry.get("hexdigest") == digest.hexdigest
+        and _unchanged(directory / name, entry)
+    )
+
+
+def folder_is_verified(directory: Path, name: str, repo: str, revision: str | None = None) -> bool:
+    """A snapshot of `repo` (at `revision`, if given) verified earlier, every file untouched."""
+    entry = read_manifest(directory).get(name)
+    if entry is None or entry.get("kind") != "folder" or entry.get("repo") != repo:
+        return False
+    if revision is not None and entry.get("revision") != revision:
+        return False
+    files = entry.get("files") or {}
+    return bool(files) and all(_unchanged(directory / name / p, e) for p, e in files.items())
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    backend: str
+    name: str
+    size: int
+    state: str  # verified, changed since verification, not verified, partial download
+    detail: str = ""
+    in_use: bool = False
+
+
+def _state(directory: Path, name: str) -> tuple[str, str]:
+    entry = read_manifest(directory).get(name)
+    if entry is None:
+        return "not verified", ""
+    if entry.get("kind") == "folder":
+        ok = folder_is_verified(directory, name, str(entry.get("repo")))
+        detail = f"{entry.get('repo')}@{str(entry.get('revision'))[:12]}"
+    else:
+        ok = _unchanged(directory / name, entry)
+        detail = f"{entry.get('algorithm')} {str(entry.get('hexdigest'))[:12]}"
+    return ("verified", detail) if ok else ("changed since verification", detail)
+
+
+def _is_bookkeeping(path: Path) -> bool:
+    return path.name.startswith(".") or path.name.endswith(PARTIAL_SUFFIXES)
+
+
+def gguf_models(settings: Settings) -> list[LocalModel]:
+    directory = Path(settings.gguf_dir)
+    used = settings.model_path.removeprefix("/models/")
+    found: list[LocalModel] = []
+    for path in sorted(directory.iterdir()) if directory.is_dir() else []:
+        if path.is_file() and not _is_bookkeeping(path):
+            state, detail = _state(directory, path.name)
+            found.append(
+                LocalModel(
+                    "llamacpp", path.name, path.stat().st_size, state, detail, path.name == used
+                )
+            )
+        elif path.name.endswith(".part") and not path.name.endswith(".mirror.part"):
+            found.append(_partial("llamacpp", directory, path))
+    return found
+
+
+def hf_models(settings: Settings) -> list[LocalModel]:
+    directory = Path(settings.hf_dir)
+    used = settings.model_name.removeprefix("/models/")
+    found: list[LocalModel] = []
+    for path in sorted(directory.iterdir()) if directory.is_dir() else []:
+        if path.is_dir() and not path.name.startswith("."):
+            state, detail = _state(directory, path.name)
+            size = files.tree_size(path)
+            found.append(LocalModel("vllm", path.name, size, state, detail, path.name == used))
+        elif path.is_dir() and path.name.endswith(".partial"):
+            size = files.tree_size(path)
+            name = path.name.removeprefix(".").removesuffix(".partial")
+            found.append(LocalModel("vllm", name, size, "partial download", "fetch again"))
+    return found
+
+
+def _partial(backend: str, directory: Path, path: Path) -> LocalModel:
+    name = path.name.removesuffix(".part")
+    expected = Partial(directory / name).read_meta().get("size")
+    of = f"of {human_size(expected)}; " if isinstance(expected, int) else ""
+    return LocalModel(backend, name, path.stat().st_size, "partial download", f"{of}fetch again")
+
+
+def report(settings: Settings) -> str:
+    """The `invoke models` table: both folders, each model's size and state, the one in use."""
+    lines: list[str] = []
+    sections = (
+        ("llamacpp", Path(settings.gguf_dir), f"MODEL_PATH={settings.model_path}", gguf_models),
+        ("vllm", Path(settings.hf_dir), f"MODEL_NAME={settings.model_name}", hf_models),
+    )
+    for backend, directory, setting, find in sections:
+        models = find(settings)
+        lines.append(f"{backend} models in {paths.shown(directory)} ({setting})")
+        width = max((len(m.name) for m in models), default=0)
+        for m in models:
+            mark = "*" if m.in_use else " "
+            detail = f" ({m.detail})" if m.detail else ""
+            size = human_size(m.size)
+            lines.append(f"  {mark} {m.name:<{width}}  {size:>10}  {m.state}{detail}")
+        if not models:
+            lines.append("    (none)")
+        if not any(m.in_use for m in models):
+            used = setting.split("=", 1)[1].removeprefix("/models/")
+            flag = "" if backend == "llamacpp" else " --backend vllm"
+            lines.append(
+                f"    {setting} is not here ({paths.shown(directory / used)}): "
+                f"run `invoke fetch-model{flag}` or set {setting.split('=')[0]}"
+            )
+    lines.append(f"* = the model the settings use; LLM_BACKEND={settings.llm_backend}")
+    return "\n".join(lines)

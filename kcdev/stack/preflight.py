@@ -1,0 +1,132 @@
+"""Checks made before anything starts, shared by `invoke up` and `invoke doctor`.
+
+Each returns None when fine, or the one-line problem and its fix, so `up` can stop on the first
+and `doctor` can list them all.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import socket
+from pathlib import Path
+
+from kcdev import files, paths
+from kcdev.settings import Settings
+from kcdev.stack.docker_cli import Docker
+
+
+def host_model_path(settings: Settings, backend: str) -> Path | None:
+    """Where the backend's model lives on this machine (the container sees models/* at /models)."""
+    if backend == "llamacpp":
+        return Path(settings.gguf_dir) / settings.model_path.removeprefix("/models/")
+    if backend == "vllm":
+        return Path(settings.hf_dir) / settings.model_name.removeprefix("/models/")
+    return None
+
+
+def model_problem(settings: Settings, backend: str) -> str | None:
+    path = host_model_path(settings, backend)
+    if path is None:
+        return None
+    shown = paths.shown(path)
+    if backend == "llamacpp" and not path.is_file():
+        return (
+            f"model file {shown} (MODEL_PATH={settings.model_path}) not found: "
+            "run `invoke fetch-model`, or put a GGUF file there and set MODEL_PATH"
+        )
+    if backend == "vllm" and not (path / "config.json").is_file():
+        return (
+            f"model folder {shown} (MODEL_NAME={settings.model_name}) has no config.json: "
+            "run `invoke fetch-model --backend vllm`, or set MODEL_NAME"
+        )
+    return None
+
+
+def model_size(settings: Settings, backend: str) -> int:
+    path = host_model_path(settings, backend)
+    return 0 if path is None else files.tree_size(path)
+
+
+def ports_held_by_stack(docker: Docker, project: str) -> set[int]:
+    """Host ports the project's running containers publish: taken, but by us.
+
+    Only compose's own service containers count (oneoff=False): containers run elsewhere from
+    the images compose built inherit the project label without being the stack.
+    """
+    ids = docker.run(
+        "ps", "-q", "--filter", f"label=com.docker.compose.project={project}",
+        "--filter", "label=com.docker.compose.oneoff=False",
+    ).stdout  # fmt: skip
+    if not ids.split():
+        return set()
+    inspect = docker.run("inspect", "--format", "{{json .NetworkSettings.Ports}}", *ids.split())
+    held: set[int] = set()
+    for line in inspect.stdout.splitlines():
+        for bindings in (json.loads(line) or {}).values():
+            held.update(int(binding["HostPort"]) for binding in bindings or [])
+    return held
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def port_problems(settings: Settings, backend: str, docker: Docker) -> list[str]:
+    wanted = {"REDIS_PORT": settings.redis_port}
+    if backend != "none":
+        wanted["PORT"] = settings.port
+    held = ports_held_by_stack(docker, settings.compose_project_name)
+    problems = []
+    for name, port in wanted.items():
+        if port in held:
+            continue
+        try:
+            free = port_is_free(settings.bind_host, port)
+        except OSError as exc:
+            problems.append(
+                f"cannot bind {settings.bind_host}:{port} ({exc.strerror}): set BIND_HOST to an "
+                "address of this machine (127.0.0.1, or 0.0.0.0 for every interface)"
+            )
+            continue
+        if not free:
+            problems.append(
+                f"port {port} on {settings.bind_host} is taken by another program: "
+                f"stop it, or set {name} to a free port in .env"
+            )
+    return problems
+
+
+def gpu_problem(settings: Settings, backend: str, docker: Docker, wants_gpu: bool) -> str | None:
+    if not wants_gpu:
+        return None
+    runtimes = docker.run("info", "--format", "{{json .Runtimes}}").stdout
+    if "nvidia" in runtimes:
+        return None
+    if backend == "vllm":
+        cause = "the vLLM backend's cuda variant (VLLM_VARIANT=cuda)"
+        fix = (
+            "install the NVIDIA Container Toolkit, or set VLLM_VARIANT=cpu for vLLM's CPU build "
+            "(slow, no GPU needed)"
+        )
+    else:
+        cause = f"N_GPU_LAYERS={settings.n_gpu_layers}"
+        fix = "install the NVIDIA Container Toolkit, or set N_GPU_LAYERS=0"
+    return f"{cause} needs an NVIDIA GPU, but Docker has no nvidia runtime: {fix}"
+
+
+def memory_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

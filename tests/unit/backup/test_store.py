@@ -1,0 +1,226 @@
+"""The backups folder: names, manifests (written atomically, verified), listing and pruning."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from kcdev.backup import store
+from kcdev.console import human_size
+from kcdev.errors import UserError
+from kcdev.redis_client import DbKeys
+
+T0 = datetime(2025, 1, 31, 23, 59, 59, 123456, tzinfo=UTC)
+
+
+def make_backup(
+    folder: Path, when: datetime, kind: str = "backup", data: bytes = b"REDIS0010data"
+) -> Path:
+    """A backup as `redis_backup.backup` leaves it: the file, then its manifest."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name = store.backup_name(when, kind)
+    rdb = folder / f"{name}.rdb"
+    rdb.write_bytes(data)
+    store.write_manifest(rdb, manifest_for(rdb, when, kind))
+    return rdb
+
+
+def manifest_for(rdb: Path, when: datetime = T0, kind: str = "backup") -> store.Manifest:
+    data = rdb.read_bytes()
+    return store.Manifest(
+        kind=kind,
+        file=rdb.name,
+        created=store.iso_time(when),
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        rdb_version=10,
+        redis_version="7.0.15",
+        databases={0: DbKeys(10, 2), 3: DbKeys(1, 0)},
+        source="project kc-devenv, container 0123456789ab",
+    )
+
+
+# --- names -----------------------------------------------------------------------------------
+
+
+def test_backup_name_is_utc_to_the_millisecond() -> None:
+    assert store.backup_name(T0, "backup") == "redis-20250131T235959.123Z"
+    assert store.backup_name(T0, "pre-restore") == "redis-20250131T235959.123Z-pre-restore"
+    assert store.iso_time(T0) == "2025-01-31T23:59:59.123Z"
+
+
+def test_backup_names_sort_by_time() -> None:
+    times = [T0 + timedelta(milliseconds=n * 7919) for n in range(20)]
+    names = [store.backup_name(t, "backup") for t in times]
+    assert sorted(names) == names
+
+
+# --- manifests -------------------------------------------------------------------------------
+
+
+def test_manifest_round_trip(tmp_path: Path) -> None:
+    rdb = tmp_path / "redis-x.rdb"
+    rdb.write_bytes(b"REDIS0010")
+    manifest = manifest_for(rdb)
+    text = manifest.to_json()
+    assert json.loads(text)["databases"] == {
+        "0": {"keys": 10, "expires": 2},
+        "3": {"keys": 1, "expires": 0},
+    }
+    assert store.Manifest.from_json(text) == manifest
+    assert manifest.keys == 11
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"format": 2},
+        {"kind": "something"},
+        {"sha256": "not-a-hash"},
+        {"databases": {"0": {"keys": "x", "expires": 0}}},
+    ],
+)
+def test_manifest_rejects_what_it_does_not_know(tmp_path: Path, change: dict[str, object]) -> None:
+    rdb = tmp_path / "redis-x.rdb"
+    rdb.write_bytes(b"REDIS0010")
+    data = json.loads(manifest_for(rdb).to_json()) | change
+    with pytest.raises((ValueError, KeyError, TypeError)):
+        store.Manifest.from_json(json.dumps(data))
+
+
+def test_write_manifest_leaves_no_partial_and_never_overwrites(tmp_path: Path) -> None:
+    rdb = make_backup(tmp_path, T0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "redis-20250131T235959.123Z.json",
+        "redis-20250131T235959.123Z.rdb",
+    ]
+    with pytest.raises(UserError, match="already exists"):
+        store.write_manifest(rdb, manifest_for(rdb))
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_read_manifest_missing_is_one_line(tmp_path: Path) -> None:
+    rdb = tmp_path / "redis-x.rdb"
+    rdb.write_bytes(b"REDIS0010")
+    with pytest.raises(UserError, match=r"has no manifest \(redis-x.json is missing\)") as caught:
+        store.read_manifest(rdb)
+    assert "\n" not in str(caught.value)
+
+
+def test_read_manifest_unreadable_is_one_line(tmp_path: Path) -> None:
+    rdb = tmp_path / "redis-x.rdb"
+    rdb.write_bytes(b"REDIS0010")
+    store.manifest_path(rdb).write_text("{not json")
+    with pytest.raises(UserError, match="is unreadable"):
+        store.read_manifest(rdb)
+
+
+def test_mismatch_finds_size_content_and_missing_file(tmp_path: Path) -> None:
+    rdb = make_backup(tmp_path, T0)
+    manifest = store.read_manifest(rdb)
+    assert store.mismatch(rdb, manifest) is None
+
+    rdb.write_bytes(b"REDIS0010dat")  # truncated
+    assert "size" in (store.mismatch(rdb, manifest) or "")
+    rdb.write_bytes(b"REDIS0010datA")  # same size, other bytes
+    assert "sha256" in (store.mismatch(rdb, manifest) or "")
+    rdb.unlink()
+    assert store.mismatch(rdb, manifest) == "file missing"
+
+
+# --- listing ---------------------------------------------------------------------------------
+
+
+def test_list_backups_oldest_first_with_their_state(tmp_path: Path) -> None:
+    good = make_backup(tmp_path, T0)
+    damaged = make_backup(tmp_path, T0 + timedelta(seconds=1))
+    damaged.write_bytes(b"REDIS0010dXta")
+    orphan = tmp_path / "redis-20250301T000000.000Z.rdb"
+    orphan.write_bytes(b"REDIS0010")
+    (tmp_path / "notes.txt").write_text("not a backup")
+    (tmp_path / "redis-foo.rdb").write_text("not our name")
+
+    listed = store.list_backups(tmp_path)
+
+    assert [(b.rdb, b.problem) for b in listed] == [
+        (good, None),
+        (damaged, "sha256 differs from the manifest's"),
+        (orphan, "no manifest"),
+    ]
+    rows = store.listing_rows(listed)
+    assert rows[0] == ["TIME (UTC)", "KIND", "SIZE", "KEYS", "VERIFIED", "FILE"]
+    assert rows[1] == ["2025-01-31T23:59:59.123Z", "backup", "13 B", "11", "yes", good.name]
+    assert rows[2][4] == "NO (sha256 differs from the manifest's)"
+    assert rows[3][3:5] == ["-", "NO (no manifest)"]
+
+
+def test_list_backups_of_a_missing_folder_is_empty(tmp_path: Path) -> None:
+    assert store.list_backups(tmp_path / "nothing") == []
+
+
+def test_latest_skips_safety_copies_and_incomplete_backups(tmp_path: Path) -> None:
+    regular = make_backup(tmp_path, T0)
+    make_backup(tmp_path, T0 + timedelta(seconds=1), kind="pre-restore")
+    (tmp_path / "redis-20300101T000000.000Z.rdb").write_bytes(b"REDIS0010")  # no manifest
+    assert store.latest(tmp_path) == regular
+
+
+def test_latest_without_backups_says_how_to_make_one(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="invoke backup-redis"):
+        store.latest(tmp_path)
+
+
+# --- pruning ---------------------------------------------------------------------------------
+
+
+def test_prune_keeps_the_newest_n(tmp_path: Path) -> None:
+    made = [make_backup(tmp_path, T0 + timedelta(minutes=n)) for n in range(5)]
+
+    removed = store.prune(tmp_path, 2, made[-1])
+
+    assert removed == made[:3]
+    assert [b.rdb for b in store.list_backups(tmp_path)] == made[3:]
+    assert not any(store.manifest_path(p).exists() for p in removed)
+
+
+def test_prune_never_removes_the_protected_backup(tmp_path: Path) -> None:
+    made = [make_backup(tmp_path, T0 + timedelta(minutes=n)) for n in range(3)]
+    # The new backup is the oldest by name (a clock set back): it still stays.
+    store.prune(tmp_path, 1, made[0])
+    assert [b.rdb for b in store.list_backups(tmp_path)] == [made[0], made[2]]
+
+
+def test_prune_leaves_safety_copies_and_unknown_files(tmp_path: Path) -> None:
+    safety = make_backup(tmp_path, T0, kind="pre-restore")
+    orphan = tmp_path / "redis-20250101T000000.000Z.rdb"
+    orphan.write_bytes(b"REDIS0010")
+    made = [make_backup(tmp_path, T0 + timedelta(minutes=n + 1)) for n in range(3)]
+
+    store.prune(tmp_path, 1, made[-1])
+
+    assert sorted(p.name for p in tmp_path.glob("*.rdb")) == sorted(
+        [safety.name, orphan.name, made[-1].name]
+    )
+
+
+def test_prune_refuses_keep_below_one(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="--keep=0 must be 1 or more"):
+        store.prune(tmp_path, 0, tmp_path / "x.rdb")
+
+
+@pytest.mark.parametrize(
+    ("size", "shown"),
+    [
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1536, "1.5 KiB"),
+        (3 * 1024**3, "3.0 GiB"),
+        (5 * 1024**4, "5120.0 GiB"),
+    ],
+)
+def test_human_size(size: int, shown: str) -> None:
+    assert human_size(size) == shown

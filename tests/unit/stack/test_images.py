@@ -1,0 +1,661 @@
+"""Image builds: registry or local mode, the base images handed to compose, the CA bundle."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from kcdev import backends, paths
+from kcdev.errors import UserError
+from kcdev.settings import Settings
+from kcdev.stack import images
+from kcdev.stack.compose import BASE_FILE, ComposeProject
+from kcdev.stack.docker_cli import Docker
+from kcdev.stack.images import (
+    CUDA_BASE,
+    LLAMACPP_IMAGE,
+    LOCAL_BASE,
+    PYTHON_BASE,
+    REDIS_BASE,
+    REDIS_IMAGE,
+    VLLM_CPU_IMAGE,
+    VLLM_IMAGE,
+    ImagePlan,
+)
+from kcdev.tls import EMPTY_CA_BUNDLE
+from tests.unit.conftest import FakeRunner, MakeSettings
+
+INSPECT = ("docker", "image", "inspect", "--format", "{{.Id}}")
+PULL_ERROR = (
+    'Error response from daemon: Get "https://registry-1.docker.io/v2/": '
+    "dial tcp: lookup registry-1.docker.io: no such host"
+)
+
+
+def pulls(runner: FakeRunner) -> list[list[str]]:
+    return [argv for argv in runner.argvs if argv[:2] == ["docker", "pull"]]
+
+
+def builds(runner: FakeRunner) -> list[list[str]]:
+    return [argv for argv in runner.argvs if "build" in argv]
+
+
+# --- resolve_source --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["registry", "local"])
+def test_forced_source_is_used_without_asking_docker(
+    make_settings: MakeSettings, docker: Docker, runner: FakeRunner, source: str
+) -> None:
+    chosen = images.resolve_source(make_settings(image_source=source), docker)
+
+    assert chosen == (source, f"IMAGE_SOURCE={source}")
+    assert runner.calls == []
+
+
+def test_auto_with_official_bases_present_is_registry_without_pull(
+    make_settings: MakeSettings, docker: Docker, runner: FakeRunner
+) -> None:
+    chosen = images.resolve_source(make_settings(), docker)
+
+    assert chosen == ("registry", "official base images present")
+    assert runner.argvs == [[*INSPECT, PYTHON_BASE], [*INSPECT, REDIS_BASE]]
+    assert pulls(runner) == []
+
+
+def test_auto_with_failing_pull_is_local_with_the_pull_error(
+    make_settings: MakeSettings, docker: Docker, runner: FakeRunner
+) -> None:
+    runner.on(*INSPECT, PYTHON_BASE, returncode=1)
+    runner.on("docker", "pull", returncode=1, stderr=f"Using default tag\n{PULL_ERROR}\n")
+
+    chosen = images.resolve_source(make_settings(), docker)
+
+    assert chosen == ("local", f"no registry ({PULL_ERROR})")
+    assert pulls(runner) == [["docker", "pull", "--quiet", REDIS_BASE]]
+
+
+def test_auto_with_silent_failing_pull_says_pull_failed(
+    make_settings: MakeSettings, docker: Docker, runner: FakeRunner
+) -> None:
+    runner.on(*INSPECT, REDIS_BASE, returncode=1)
+    runner.on("docker", "pull", returncode=1)
+
+    assert images.resolve_source(make_settings(), docker) == (
+        "local",
+        "no registry (docker pull failed)",
+    )
+
+
+def test_auto_with_successful_pull_is_registry(
+    make_settings: MakeSettings, docker: Docker, runner: FakeRunner
+) -> None:
+    runner.on(*INSPECT, PYTHON_BASE, returncode=1)
+
+    assert images.resolve_source(make_settings(), docker) == ("registry", f"pulled {REDIS_BASE}")
+    assert runner.calls_starting("docker", "pull")[0].kwargs == {"timeout": 300}
+
+
+# --- plan ------------------------------------------------------------------------------------
+
+
+def test_plan_refuses_vllm_cuda_in_local_mode_naming_the_cpu_variant(
+    make_settings: MakeSettings, docker: Docker
+) -> None:
+    with pytest.raises(UserError) as caught:
+        images.plan(make_settings(image_source="local"), docker, "vllm")
+
+    message = str(caught.value)
+    assert message.startswith("registry-less mode cannot build the vLLM cuda image")
+    assert "set VLLM_VARIANT=cpu" in message
+    assert "\n" not in message
+
+
+def test_plan_vllm_cpu_in_local_mode_builds_on_the_local_base(
+    make_settings: MakeSettings, docker: Docker
+) -> None:
+    settings = make_settings(image_source="local", vllm_variant="cpu", build_ca_bundle="none")
+
+    env = images.plan(settings, docker, "vllm", environ={}).environment
+
+    assert env["VLLM_IMAGE"] == VLLM_CPU_IMAGE
+    assert env["PYTHON_BASE_IMAGE"] == LOCAL_BASE
+    assert env["PIP_EXTRA_INDEX_URL"] == ""
+
+
+def test_plan_vllm_cpu_in_registry_mode_builds_on_the_official_python(
+    make_settings: MakeSettings, docker: Docker
+) -> None:
+    settings = make_settings(image_source="registry", vllm_variant="cpu", build_ca_bundle="none")
+
+    env = images.plan(settings, docker, "vllm", environ={}).environment
+
+    assert env["PYTHON_BASE_IMAGE"] == PYTHON_BASE
+    assert env["VLLM_IMAGE"] == VLLM_CPU_IMAGE
+
+
+def test_plan_vllm_cpu_hands_the_build_only_indexes_it_can_reach(
+    make_settings: MakeSettings, docker: Docker
+) -> None:
+    """The host's file:// indexes mean nothing inside the build; http(s) ones are passed on."""
+    settings = make_settings(image_source="local", vllm_variant="cpu", build_ca_bundle="none")
+    environ = {
+        "PIP_EXTRA_INDEX_URL": "file:///opt/pypi/simple https://download.pytorch.org/whl/cpu"
+    }
+
+    env = images.plan(settings, docker, "vllm", environ=environ).environment
+
+    assert env["PIP_EXTRA_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+
+
+def test_plan_vllm_cuda_in_registry_mode_needs_no_torch_index(
+    make_settings: MakeSettings, docker: Docker
+) -> None:
+    settings = make_settings(image_source="registry", build_ca_bundle="none")
+
+    env = images.plan(settings, docker, "vllm").environment
+
+    assert env["VLLM_IMAGE"] == VLLM_IMAGE
+    assert "PIP_EXTRA_INDEX_URL" not in env
+
+
+def test_plan_refuses_cuda_llamacpp_in_local_mode(
+    make_settings: MakeSettings, docker: Docker
+) -> None:
+    settings = make_settings(image_source="local", llamacpp_accel="cuda")
+
+    with pytest.raises(UserError, match=r"CUDA llama\.cpp.*set LLAMACPP_ACCEL=cpu"):
+        images.plan(settings, docker, "llamacpp")
+
+
+def test_plan_local_mode_uses_the_local_base_for_both(
+    make_settings: MakeSettings, docker: Docker
+) -> None:
+    settings = make_settings(image_source="local", build_ca_bundle="none")
+
+    chosen = images.plan(settings, docker, "llamacpp")
+
+    assert chosen == ImagePlan(
+        source="local",
+        reason="IMAGE_SOURCE=local",
+        environment={
+            "REDIS_IMAGE": REDIS_IMAGE,
+            "LLAMACPP_IMAGE": LLAMACPP_IMAGE,
+            "PYTHON_BASE_IMAGE": LOCAL_BASE,
+            "REDIS_BASE_IMAGE": LOCAL_BASE,
+            "GGML_CMAKE_ARGS": "",
+        },
+    )
+
+
+def test_plan_registry_mode_uses_the_official_bases(
+    make_settings: MakeSettings, docker: Docker
+) -> None:
+    settings = make_settings(image_source="registry", build_ca_bundle="none")
+
+    env = images.plan(settings, docker, "llamacpp").environment
+
+    assert env["PYTHON_BASE_IMAGE"] == PYTHON_BASE
+    assert env["REDIS_BASE_IMAGE"] == REDIS_BASE
+    assert env["GGML_CMAKE_ARGS"] == ""
+    assert env["LLAMACPP_IMAGE"] == LLAMACPP_IMAGE
+
+
+def test_plan_registry_cuda_uses_the_cuda_base_and_flags(
+    make_settings: MakeSettings, docker: Docker
+) -> None:
+    settings = make_settings(image_source="registry", llamacpp_accel="cuda", build_ca_bundle="none")
+
+    env = images.plan(settings, docker, "llamacpp").environment
+
+    assert env["PYTHON_BASE_IMAGE"] == CUDA_BASE
+    assert env["REDIS_BASE_IMAGE"] == REDIS_BASE
+    assert "-DGGML_CUDA=on" in env["GGML_CMAKE_ARGS"]
+    assert env["LLAMACPP_IMAGE"] == LLAMACPP_IMAGE + "-cuda"
+
+
+def test_plan_for_none_names_only_the_redis_image(
+    make_settings: MakeSettings, docker: Docker
+) -> None:
+    settings = make_settings(image_source="local", build_ca_bundle="none")
+
+    env = images.plan(settings, docker, "none").environment
+
+    assert env["REDIS_IMAGE"] == REDIS_IMAGE
+    assert "LLAMACPP_IMAGE" not in env
+
+
+# --- ensure_images ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def local_base_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Settings, Docker]]:
+    """Replaces ensure_local_base (debootstrap, docker import) by a recorder."""
+    calls: list[tuple[Settings, Docker]] = []
+
+    def record(settings: Settings, docker: Docker, say: object = print) -> None:
+        calls.append((settings, docker))
+
+    monkeypatch.setattr(images, "ensure_local_base", record)
+    return calls
+
+
+@pytest.fixture
+def modern_docker(runner: FakeRunner) -> Docker:
+    runner.on("docker", "version", stdout="1.47\n")
+    return Docker(runner=runner)
+
+
+def test_ensure_images_builds_nothing_when_all_images_exist(
+    make_settings: MakeSettings,
+    modern_docker: Docker,
+    runner: FakeRunner,
+    local_base_calls: list[tuple[Settings, Docker]],
+) -> None:
+    project = ComposeProject(make_settings(), "llamacpp", modern_docker)
+    said: list[str] = []
+
+    assert images.ensure_images(project, say=said.append) is None
+
+    assert runner.argvs == [[*INSPECT, REDIS_IMAGE], [*INSPECT, LLAMACPP_IMAGE]]
+    assert builds(runner) == []
+    assert local_base_calls == []
+    assert said == []
+
+
+def test_ensure_images_builds_a_missing_image_in_local_mode(
+    make_settings: MakeSettings,
+    modern_docker: Docker,
+    runner: FakeRunner,
+    local_base_calls: list[tuple[Settings, Docker]],
+) -> None:
+    runner.on(*INSPECT, LLAMACPP_IMAGE, returncode=1)
+    settings = make_settings(image_source="local", build_ca_bundle="none")
+    project = ComposeProject(settings, "llamacpp", modern_docker)
+    said: list[str] = []
+
+    chosen = images.ensure_images(project, say=said.append)
+
+    assert chosen is not None and chosen.source == "local"
+    assert local_base_calls == [(settings, modern_docker)]
+    assert said == ["images: local mode (IMAGE_SOURCE=local)"]
+    build = runner.calls_starting("docker", "compose", "--project-name")
+    assert len(build) == 1
+    assert build[0].argv == [
+        "docker",
+        "compose",
+        "--project-name",
+        "kc-devenv",
+        "--file",
+        str(BASE_FILE),
+        "--file",
+        str(paths.DOCKER_DIR / "docker-compose.llamacpp.yml"),
+        "build",
+        "redis",
+        "llm-server",
+    ]
+    env = build[0].env
+    assert env is not None
+    assert env["PYTHON_BASE_IMAGE"] == LOCAL_BASE
+    assert env["REDIS_BASE_IMAGE"] == LOCAL_BASE
+    assert env["CA_BUNDLE_FILE"] == str(EMPTY_CA_BUNDLE)
+    assert build[0].kwargs["capture"] is False
+
+
+def test_ensure_images_in_registry_mode_skips_the_local_base(
+    make_settings: MakeSettings,
+    modern_docker: Docker,
+    runner: FakeRunner,
+    local_base_calls: list[tuple[Settings, Docker]],
+) -> None:
+    runner.on(*INSPECT, REDIS_IMAGE, returncode=1)
+    settings = make_settings(image_source="registry", build_ca_bundle="none")
+    project = ComposeProject(settings, "none", modern_docker)
+
+    chosen = images.ensure_images(project, say=lambda message: None)
+
+    assert chosen is not None and chosen.source == "registry"
+    assert local_base_calls == []
+    build = runner.calls_starting("docker", "compose", "--project-name")
+    assert build[0].argv[-2:] == ["build", "redis"]
+    assert build[0].env is not None
+    assert build[0].env["REDIS_BASE_IMAGE"] == REDIS_BASE
+
+
+def test_ensure_images_rebuild_builds_even_when_present_and_honours_no_cache(
+    make_settings: MakeSettings,
+    modern_docker: Docker,
+    runner: FakeRunner,
+    local_base_calls: list[tuple[Settings, Docker]],
+) -> None:
+    settings = make_settings(image_source="registry", build_ca_bundle="none")
+    project = ComposeProject(settings, "llamacpp", modern_docker)
+
+    images.ensure_images(project, rebuild=True, no_cache=True, say=lambda message: None)
+
+    build = runner.calls_starting("docker", "compose", "--project-name")
+    assert build[0].argv[-4:] == ["build", "--no-cache", "redis", "llm-server"]
+
+
+def test_ensure_images_refuses_vllm_in_local_mode_before_building(
+    make_settings: MakeSettings,
+    modern_docker: Docker,
+    runner: FakeRunner,
+    local_base_calls: list[tuple[Settings, Docker]],
+) -> None:
+    project = ComposeProject(make_settings(image_source="local"), "vllm", modern_docker)
+
+    with pytest.raises(UserError, match="vLLM"):
+        images.ensure_images(project, rebuild=True, say=lambda message: None)
+
+    assert builds(runner) == []
+    assert local_base_calls == []
+
+
+def test_ensure_images_build_failure_is_a_user_error(
+    make_settings: MakeSettings,
+    modern_docker: Docker,
+    runner: FakeRunner,
+    local_base_calls: list[tuple[Settings, Docker]],
+) -> None:
+    runner.on("docker", "compose", "--project-name", returncode=1)
+    settings = make_settings(image_source="registry", build_ca_bundle="none")
+    project = ComposeProject(settings, "none", modern_docker)
+
+    with pytest.raises(UserError, match=r"image build failed \(exit 1\)"):
+        images.ensure_images(project, rebuild=True, say=lambda message: None)
+
+
+# --- ensure_local_base -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def cached_tarball(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project root in tmp_path whose .cache/ already holds the base root file system."""
+    monkeypatch.setattr(paths, "ROOT", tmp_path)
+    monkeypatch.setattr(paths, "CACHE_DIR", tmp_path / ".cache")
+    tarball = tmp_path / ".cache" / "base" / "bookworm-rootfs.tar"
+    tarball.parent.mkdir(parents=True)
+    tarball.write_bytes(b"")
+    return tarball
+
+
+def test_ensure_local_base_does_nothing_when_the_image_exists(
+    make_settings: MakeSettings, docker: Docker, runner: FakeRunner
+) -> None:
+    images.ensure_local_base(make_settings(), docker, say=lambda message: None)
+
+    assert runner.argvs == [[*INSPECT, LOCAL_BASE]]
+
+
+def test_ensure_local_base_imports_the_cached_tarball(
+    make_settings: MakeSettings, docker: Docker, runner: FakeRunner, cached_tarball: Path
+) -> None:
+    runner.on(*INSPECT, LOCAL_BASE, returncode=1)
+    said: list[str] = []
+
+    images.ensure_local_base(make_settings(), docker, say=said.append)
+
+    assert runner.argvs[-1] == ["sh", "-c", f"docker import - {LOCAL_BASE} < {cached_tarball}"]
+    assert said == [f"images: importing {LOCAL_BASE} from .cache/base/bookworm-rootfs.tar"]
+
+
+def test_ensure_local_base_import_failure_is_a_user_error(
+    make_settings: MakeSettings, docker: Docker, runner: FakeRunner, cached_tarball: Path
+) -> None:
+    runner.on(*INSPECT, LOCAL_BASE, returncode=1)
+    runner.on("sh", returncode=1, stderr="noise\nno space left on device\n")
+
+    with pytest.raises(UserError) as caught:
+        images.ensure_local_base(make_settings(), docker, say=lambda message: None)
+
+    assert str(caught.value) == f"docker import of {LOCAL_BASE} failed: no space left on device"
+
+
+def test_debootstrap_missing_is_a_user_error(
+    make_settings: MakeSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+
+    with pytest.raises(UserError, match=r"needs debootstrap"):
+        images._debootstrap(make_settings(), tmp_path / "rootfs.tar", lambda message: None)
+
+
+def test_debootstrap_as_non_root_is_a_user_error(
+    make_settings: MakeSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/sbin/debootstrap")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+
+    with pytest.raises(UserError, match=r"debootstrap needs root"):
+        images._debootstrap(make_settings(), tmp_path / "rootfs.tar", lambda message: None)
+
+    assert not (tmp_path / "rootfs.tar").exists()
+
+
+# --- image_names / services_for --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("backend", "services"),
+    [("none", ["redis"]), ("llamacpp", ["redis", "llm-server"]), ("vllm", ["redis", "llm-server"])],
+)
+def test_services_for(backend: str, services: list[str]) -> None:
+    assert backends.services_for(backend) == services
+
+
+def test_image_names_for_vllm_follow_the_variant(make_settings: MakeSettings) -> None:
+    assert images.image_names(make_settings(), "vllm") == {
+        "REDIS_IMAGE": REDIS_IMAGE,
+        "VLLM_IMAGE": VLLM_IMAGE,
+    }
+    cpu = images.image_names(make_settings(vllm_variant="cpu"), "vllm")
+    assert cpu["VLLM_IMAGE"] == VLLM_CPU_IMAGE == "kc-devenv/vllm-cpu:0.32.0"
+
+
+def test_image_names_for_llamacpp_cpu_and_cuda(make_settings: MakeSettings) -> None:
+    assert images.image_names(make_settings(), "llamacpp") == {
+        "REDIS_IMAGE": REDIS_IMAGE,
+        "LLAMACPP_IMAGE": LLAMACPP_IMAGE,
+    }
+    cuda = images.image_names(make_settings(llamacpp_accel="cuda"), "llamacpp")
+    assert cuda["LLAMACPP_IMAGE"] == f"{LLAMACPP_IMAGE}-cuda"
+
+
+# --- the vLLM cpu image: its torch wheel, and tags that agree with docker/ -------------------
+
+TORCH_WHEEL = "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"
+PIP_CONFIG_LIST = [sys.executable, "-m", "pip", "config", "list"]
+
+
+@pytest.fixture
+def wheelhouse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty project root in tmp_path; returns where its docker/wheelhouse/ would be."""
+    monkeypatch.setattr(paths, "ROOT", tmp_path)
+    monkeypatch.setattr(images, "WHEELHOUSE", tmp_path / "docker" / "wheelhouse")
+    return tmp_path / "docker" / "wheelhouse"
+
+
+def wheel_in(folder: Path, name: str = TORCH_WHEEL) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(b"wheel")
+    return folder / name
+
+
+def test_a_staged_wheel_is_used_without_asking_pip(wheelhouse: Path, runner: FakeRunner) -> None:
+    wheel_in(wheelhouse)
+    said: list[str] = []
+
+    images.stage_torch_wheel(environ={}, runner=runner, say=said.append)
+
+    assert runner.calls == []
+    assert said == []
+
+
+def test_the_wheel_is_hard_linked_from_pip_find_links(
+    wheelhouse: Path, runner: FakeRunner, tmp_path: Path
+) -> None:
+    source = wheel_in(tmp_path / "wheels")
+    wheel_in(tmp_path / "wheels", "torch-2.13.0-cp311-cp311-manylinux_2_28_x86_64.whl")  # CUDA
+    said: list[str] = []
+
+    images.stage_torch_wheel(
+        environ={"PIP_FIND_LINKS": str(tmp_path / "wheels")}, runner=runner, say=said.append
+    )
+
+    assert [p.name for p in wheelhouse.iterdir()] == [TORCH_WHEEL]
+    assert (wheelhouse / TORCH_WHEEL).stat().st_ino == source.stat().st_ino
+    assert said == [f"images: staging {TORCH_WHEEL} in docker/wheelhouse/"]
+
+
+def test_the_wheel_is_copied_when_it_cannot_be_linked(
+    wheelhouse: Path, runner: FakeRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wheel_in(tmp_path / "wheels")
+
+    def cross_device(source: object, target: object) -> None:
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", cross_device)
+
+    images.stage_torch_wheel(
+        environ={"PIP_FIND_LINKS": str(tmp_path / "wheels")}, runner=runner, say=lambda m: None
+    )
+
+    assert (wheelhouse / TORCH_WHEEL).read_bytes() == b"wheel"
+    assert [p.name for p in wheelhouse.iterdir()] == [TORCH_WHEEL]
+
+
+def test_pip_find_links_come_from_the_environment_then_pip_config(
+    runner: FakeRunner, tmp_path: Path
+) -> None:
+    runner.on(
+        *PIP_CONFIG_LIST,
+        stdout=(
+            "global.cert='/etc/ssl/certs/ca-certificates.crt'\n"
+            f"global.find-links='/opt/wheels file://{tmp_path}/more%20wheels'\n"
+            ":env:.find-links='/opt/wheels'\n"
+            "global.extra-index-url='file:///opt/pypi/simple'\n"
+        ),
+    )
+    environ = {"PIP_FIND_LINKS": "/opt/wheels https://example.org/wheels/"}
+
+    folders = images.pip_find_links(environ, runner)
+
+    assert folders == [Path("/opt/wheels"), tmp_path / "more wheels"]
+    assert runner.calls_starting(*PIP_CONFIG_LIST)[0].kwargs == {"timeout": 60}
+
+
+def test_the_wheel_is_found_through_pip_config(
+    wheelhouse: Path, runner: FakeRunner, tmp_path: Path
+) -> None:
+    wheel_in(tmp_path / "wheels")
+    runner.on(*PIP_CONFIG_LIST, stdout=f"global.find-links='{tmp_path / 'wheels'}'\n")
+
+    images.stage_torch_wheel(environ={}, runner=runner, say=lambda message: None)
+
+    assert (wheelhouse / TORCH_WHEEL).is_file()
+
+
+def test_no_wheel_but_a_reachable_index_is_fine(wheelhouse: Path, runner: FakeRunner) -> None:
+    environ = {"PIP_EXTRA_INDEX_URL": "https://download.pytorch.org/whl/cpu"}
+
+    images.stage_torch_wheel(environ=environ, runner=runner, say=lambda message: None)
+
+    assert wheelhouse.is_dir()  # the build bind-mounts it, even empty
+    assert list(wheelhouse.iterdir()) == []
+
+
+@pytest.mark.parametrize("index", ["", "file:///opt/pypi/simple"])
+def test_no_wheel_and_no_reachable_index_fails_saying_how_to_provide_one(
+    wheelhouse: Path, runner: FakeRunner, index: str
+) -> None:
+    runner.on(*PIP_CONFIG_LIST, returncode=1, stderr="pip is broken")
+
+    with pytest.raises(UserError) as caught:
+        images.stage_torch_wheel(
+            environ={"PIP_EXTRA_INDEX_URL": index}, runner=runner, say=lambda message: None
+        )
+
+    assert str(caught.value) == (
+        "the vLLM cpu image needs torch==2.13.0+cpu, which PyPI does not carry: put its cp311 "
+        "x86_64 wheel in docker/wheelhouse/ or a pip find-links folder, or set "
+        "PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu"
+    )
+
+
+def test_ensure_images_for_vllm_cpu_stages_torch_then_builds(
+    make_settings: MakeSettings,
+    modern_docker: Docker,
+    runner: FakeRunner,
+    local_base_calls: list[tuple[Settings, Docker]],
+    wheelhouse: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    wheel_in(tmp_path / "wheels")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "wheels"))
+    monkeypatch.delenv("PIP_EXTRA_INDEX_URL", raising=False)
+    runner.on(*INSPECT, VLLM_CPU_IMAGE, returncode=1)
+    settings = make_settings(image_source="local", vllm_variant="cpu", build_ca_bundle="none")
+    project = ComposeProject(settings, "vllm", modern_docker)
+    said: list[str] = []
+
+    images.ensure_images(project, say=said.append)
+
+    assert said == [
+        "images: local mode (IMAGE_SOURCE=local)",
+        f"images: staging {TORCH_WHEEL} in docker/wheelhouse/",
+    ]
+    assert local_base_calls == [(settings, modern_docker)]
+    build = runner.calls_starting("docker", "compose", "--project-name")
+    assert build[0].argv[-3:] == ["build", "redis", "llm-server"]
+    env = build[0].env
+    assert env is not None
+    assert env["VLLM_IMAGE"] == VLLM_CPU_IMAGE
+    assert env["VLLM_VARIANT"] == "cpu"
+    assert env["PYTHON_BASE_IMAGE"] == LOCAL_BASE
+    assert env["PIP_EXTRA_INDEX_URL"] == ""
+
+
+def test_ensure_images_for_vllm_cpu_without_torch_builds_nothing(
+    make_settings: MakeSettings,
+    modern_docker: Docker,
+    runner: FakeRunner,
+    local_base_calls: list[tuple[Settings, Docker]],
+    wheelhouse: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
+    monkeypatch.delenv("PIP_EXTRA_INDEX_URL", raising=False)
+    settings = make_settings(image_source="local", vllm_variant="cpu")
+    project = ComposeProject(settings, "vllm", modern_docker)
+
+    with pytest.raises(UserError, match=r"needs torch==2\.13\.0\+cpu"):
+        images.ensure_images(project, rebuild=True, say=lambda message: None)
+
+    assert builds(runner) == []
+    assert local_base_calls == []
+
+
+def _default_after(pattern: str, path: Path) -> str:
+    found = re.search(pattern, path.read_text())
+    assert found is not None, f"{pattern!r} not in {path}"
+    return found.group(1)
+
+
+def test_vllm_versions_and_tags_agree_with_docker_files() -> None:
+    """The tags `invoke` checks for are the ones compose builds, of the versions installed."""
+    docker_dir = paths.DOCKER_DIR
+    cpu_version = _default_after(r"ARG VLLM_CPU_VERSION=(\S+)", docker_dir / "Dockerfile.vllm-cpu")
+    cuda_version = _default_after(r"ARG VLLM_VERSION=(\S+)", docker_dir / "Dockerfile.vllm")
+    cpu_tag = _default_after(r"\$\{VLLM_IMAGE:-(\S+)\}", docker_dir / "vllm" / "variant-cpu.yml")
+    cuda_tag = _default_after(r"\$\{VLLM_IMAGE:-(\S+)\}", docker_dir / "vllm" / "variant-cuda.yml")
+
+    assert (cpu_version, cpu_tag) == (images.VLLM_CPU_VERSION, VLLM_CPU_IMAGE)
+    assert (cuda_version, cuda_tag) == (images.VLLM_VERSION, VLLM_IMAGE)

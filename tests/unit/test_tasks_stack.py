@@ -1,0 +1,547 @@
+"""The stack's tasks (up, down, ps, logs, restart, doctor): in process with Docker faked, and as
+`invoke` subprocesses that must fail in one line before touching Docker."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import io
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from invoke.context import Context
+from invoke.exceptions import Exit
+
+from kcdev import files, paths
+from kcdev.settings import Settings
+from kcdev.stack import doctor, preflight, readiness, status
+from kcdev.stack.compose import BASE_FILE, ComposeProject
+from kcdev.stack.docker_cli import Docker
+from kcdev.stack.doctor import GIB, Check
+from tests.unit.conftest import (
+    FakeClock,
+    FakeReadiness,
+    MakeSettings,
+    ScriptedRunner,
+    compose_subcommands,
+    inspect_entry,
+    ps_entry,
+    ps_lines,
+    script_containers,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+VLLM_FILE = paths.DOCKER_DIR / "docker-compose.vllm.yml"
+PS_JSON = ("ps", "--all", "--format", "json")
+LABEL_INSPECT = (
+    "docker",
+    "inspect",
+    "--format",
+    '{{index .Config.Labels "com.docker.compose.project.config_files"}}',
+)
+
+
+class FakeTerminal(io.StringIO):
+    """Standard input that claims to be a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def settings(make_settings: MakeSettings, tmp_path: Path) -> Settings:
+    """Defaults, with the GGUF model present under tmp_path and no CA bundle to look for."""
+    (tmp_path / "gguf").mkdir()
+    (tmp_path / "gguf" / "model.gguf").write_bytes(b"GGUF")
+    return make_settings(
+        gguf_dir=str(tmp_path / "gguf"), build_ca_bundle="none", image_source="registry"
+    )
+
+
+@pytest.fixture
+def runner() -> ScriptedRunner:
+    fake = ScriptedRunner()
+    fake.on("docker", "version", stdout="1.47\n")
+    return fake
+
+
+@pytest.fixture
+def ready(monkeypatch: pytest.MonkeyPatch) -> FakeReadiness:
+    fake = FakeReadiness()
+    monkeypatch.setattr(readiness, "redis_ready", fake.redis_ready)
+    monkeypatch.setattr(readiness, "llm_ready", fake.llm_ready)
+    return fake
+
+
+@pytest.fixture
+def tasks(
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings,
+    runner: ScriptedRunner,
+    ready: FakeReadiness,
+    clock: FakeClock,
+) -> ModuleType:
+    """tasks.py with these settings, Docker on the fake runner, free ports, services ready."""
+    monkeypatch.syspath_prepend(str(REPO_ROOT))
+    module = importlib.import_module("tasks")
+    monkeypatch.setattr(module, "load_settings", lambda: settings)
+    monkeypatch.setattr(module, "Docker", lambda: Docker(runner=runner))
+    monkeypatch.setattr(preflight, "port_is_free", lambda host, port: True)
+    return module
+
+
+def compose_prefix(settings: Settings, backend: str, runner: ScriptedRunner) -> list[str]:
+    """`docker compose --project-name N --file ...` for `backend`, without recording the call."""
+    seen = len(runner.calls)
+    argv = ComposeProject(settings, backend, Docker(runner=runner)).argv()
+    del runner.calls[seen:]
+    return argv
+
+
+def exits(call: functools.partial[object], code: int = 1) -> None:
+    with pytest.raises(Exit) as caught:
+        call()
+    assert caught.value.code == code
+
+
+# --- up --------------------------------------------------------------------------------------
+
+
+def test_up_prints_the_endpoints_and_the_time(
+    tasks: ModuleType, ready: FakeReadiness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ready.llm = ["loading", None]
+
+    tasks.up(Context(), backend="llamacpp", timeout=60)
+
+    assert capsys.readouterr().out.splitlines() == [
+        "starting redis, llm-server (backend llamacpp, project kc-devenv)",
+        "redis      redis://127.0.0.1:6379/0",
+        "llm-server http://127.0.0.1:8000/v1 (model model)",
+        "ready in 0.1 s; stop with `invoke down`",
+    ]
+
+
+def test_up_backend_none_prints_redis_only(
+    tasks: ModuleType, runner: ScriptedRunner, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tasks.up(Context(), backend="none", timeout=60)
+
+    out = capsys.readouterr().out
+    assert "redis      redis://127.0.0.1:6379/0" in out
+    assert "llm-server" not in out.split("\n", 1)[1]
+    (up,) = [argv for argv in runner.argvs if argv[-3:] == ["up", "--detach", "--remove-orphans"]]
+    assert [up[i + 1] for i, arg in enumerate(up) if arg == "--file"] == [str(BASE_FILE)]
+
+
+def test_up_failure_prints_one_error_line_then_the_log(
+    tasks: ModuleType,
+    runner: ScriptedRunner,
+    settings: Settings,
+    ready: FakeReadiness,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ready.llm = ["LLM server does not answer (ConnectError)"]
+    script_containers(
+        runner,
+        [],
+        [
+            inspect_entry("redis", "r1"),
+            inspect_entry("llm-server", "l1", status="exited", exit_code=1, health="unhealthy"),
+        ],
+    )
+    runner.on(
+        *compose_prefix(settings, "llamacpp", runner),
+        "logs",
+        stdout="error: failed to load model\n",
+    )
+
+    exits(functools.partial(tasks.up, Context(), backend="llamacpp"))
+
+    assert capsys.readouterr().err.splitlines() == [
+        "error: llm-server exited while starting (exit code 1): "
+        "check that the model is a valid file that fits in memory",
+        "--- last 20 lines of llm-server's log ---",
+        "error: failed to load model",
+    ]
+    assert compose_subcommands(runner)[-1] == ["rm", "--stop", "--force", "redis", "llm-server"]
+
+
+@pytest.mark.parametrize("timeout", [0, -5])
+def test_up_refuses_a_timeout_that_is_not_positive_before_docker(
+    tasks: ModuleType, runner: ScriptedRunner, capsys: pytest.CaptureFixture[str], timeout: int
+) -> None:
+    exits(functools.partial(tasks.up, Context(), timeout=timeout))
+
+    assert capsys.readouterr().err == f"error: --timeout={timeout} must be at least 1\n"
+    assert runner.calls == []
+
+
+# --- down ------------------------------------------------------------------------------------
+
+
+def test_down_keeps_volumes_by_default(
+    tasks: ModuleType, runner: ScriptedRunner, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tasks.down(Context())
+
+    downs = [argv for argv in runner.argvs if "down" in argv]
+    assert len(downs) == 1
+    assert downs[0][-2:] == ["down", "--remove-orphans"]
+    assert [downs[0][i + 1] for i, a in enumerate(downs[0]) if a == "--file"] == [str(BASE_FILE)]
+    assert capsys.readouterr().out == "stack kc-devenv is down\n"
+
+
+def test_down_volumes_with_yes_deletes_them_without_asking(
+    tasks: ModuleType,
+    runner: ScriptedRunner,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+
+    tasks.down(Context(), volumes=True, yes=True)
+
+    assert compose_subcommands(runner) == [["down", "--remove-orphans", "--volumes"]]
+    assert capsys.readouterr().out == "stack kc-devenv is down and its volumes deleted\n"
+
+
+def test_down_volumes_without_a_terminal_refuses_and_changes_nothing(
+    tasks: ModuleType,
+    runner: ScriptedRunner,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("y\n"))
+
+    exits(functools.partial(tasks.down, Context(), volumes=True))
+
+    assert capsys.readouterr().err == (
+        "error: Delete the Redis data volume of project 'kc-devenv'? "
+        "refusing without a terminal: pass --yes\n"
+    )
+    assert compose_subcommands(runner) == []
+
+
+@pytest.mark.parametrize(("answer", "deleted"), [("y", True), ("n", False)])
+def test_down_volumes_asks_on_a_terminal(
+    tasks: ModuleType,
+    runner: ScriptedRunner,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    answer: str,
+    deleted: bool,
+) -> None:
+    monkeypatch.setattr(sys, "stdin", FakeTerminal(answer + "\n"))
+
+    if deleted:
+        tasks.down(Context(), volumes=True)
+        assert compose_subcommands(runner) == [["down", "--remove-orphans", "--volumes"]]
+    else:
+        exits(functools.partial(tasks.down, Context(), volumes=True))
+        assert capsys.readouterr().err == "error: cancelled: nothing was changed\n"
+        assert compose_subcommands(runner) == []
+
+
+# --- ps --------------------------------------------------------------------------------------
+
+
+def test_ps_without_a_running_stack_says_how_to_start_it(
+    tasks: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tasks.ps(Context())
+
+    assert capsys.readouterr().out == "stack kc-devenv is not running: start it with `invoke up`\n"
+
+
+def test_ps_shows_the_table_and_summaries_of_the_running_backend(
+    tasks: ModuleType,
+    runner: ScriptedRunner,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    running = ps_lines(ps_entry("redis", "r1", port=6379), ps_entry("llm-server", "l1", port=8000))
+    runner.on(*compose_prefix(settings, "llamacpp", runner), *PS_JSON, stdout=running)
+    runner.on(*compose_prefix(settings, "vllm", runner), *PS_JSON, stdout=running)
+    runner.on(*LABEL_INSPECT, stdout=f"{BASE_FILE},{VLLM_FILE}\n")
+    monkeypatch.setattr(status, "redis_summary", lambda s: f"redis: summary of {s.redis_port}")
+    monkeypatch.setattr(status, "llm_summary", lambda s: f"llm-server: summary of {s.port}")
+
+    tasks.ps(Context())
+
+    assert capsys.readouterr().out.splitlines() == [
+        "SERVICE     STATE    HEALTH   PORTS",
+        "redis       running  healthy  127.0.0.1:6379->6379",
+        "llm-server  running  healthy  127.0.0.1:8000->8000",
+        "redis: summary of 6379",
+        "llm-server: summary of 8000",
+    ]
+    ps_calls = [argv for argv in runner.argvs if argv[-4:] == list(PS_JSON)]
+    assert str(VLLM_FILE) in ps_calls[-1], "the table should use the running backend's files"
+
+
+def test_ps_with_redis_alone_skips_the_llm_summary(
+    tasks: ModuleType,
+    runner: ScriptedRunner,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for backend in ("llamacpp", "none"):
+        runner.on(
+            *compose_prefix(settings, backend, runner),
+            *PS_JSON,
+            stdout=ps_lines(ps_entry("redis", "r1")),
+        )
+    monkeypatch.setattr(status, "redis_summary", lambda s: "redis: ok")
+
+    def no_llm(s: Settings) -> str:
+        raise AssertionError("llm_summary asked without an llm-server")
+
+    monkeypatch.setattr(status, "llm_summary", no_llm)
+
+    tasks.ps(Context())
+
+    assert capsys.readouterr().out.splitlines()[-1] == "redis: ok"
+
+
+# --- logs ------------------------------------------------------------------------------------
+
+
+def test_logs_streams_every_service_by_default(tasks: ModuleType, runner: ScriptedRunner) -> None:
+    tasks.logs(Context())
+
+    logs = [call for call in runner.calls if "logs" in call.argv]
+    assert [call.argv[-3:] for call in logs] == [["logs", "--tail", "100"]]
+    assert logs[0].kwargs["capture"] is False
+
+
+def test_logs_of_one_service_followed(tasks: ModuleType, runner: ScriptedRunner) -> None:
+    tasks.logs(Context(), service="redis", follow=True, tail=5)
+
+    assert compose_subcommands(runner)[-1] == ["logs", "--tail", "5", "--follow", "redis"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"service": "bogus"}, "error: unknown service 'bogus': use one of redis, llm-server\n"),
+        ({"tail": -1}, "error: --tail=-1 must be at least 0\n"),
+    ],
+)
+def test_logs_bad_input_fails_before_docker(
+    tasks: ModuleType,
+    runner: ScriptedRunner,
+    capsys: pytest.CaptureFixture[str],
+    kwargs: dict[str, object],
+    error: str,
+) -> None:
+    exits(functools.partial(tasks.logs, Context(), **kwargs))
+
+    assert capsys.readouterr().err == error
+    assert runner.calls == []
+
+
+# --- restart ---------------------------------------------------------------------------------
+
+
+def test_restart_one_service_waits_and_reports(
+    tasks: ModuleType,
+    runner: ScriptedRunner,
+    ready: FakeReadiness,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ready.redis = ["Redis is loading its dataset", None]
+
+    tasks.restart(Context(), service="redis", timeout=30)
+
+    assert compose_subcommands(runner)[-1] == ["restart", "redis"]
+    assert capsys.readouterr().out == "redis ready again in 0.1 s\n"
+
+
+def test_restart_unknown_service_fails_before_docker(
+    tasks: ModuleType, runner: ScriptedRunner, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exits(functools.partial(tasks.restart, Context(), service="worker"))
+
+    assert capsys.readouterr().err == (
+        "error: unknown service 'worker': use one of redis, llm-server\n"
+    )
+    assert runner.calls == []
+
+
+# --- doctor ----------------------------------------------------------------------------------
+
+
+def fake_checks(*checks: Check) -> object:
+    def run_checks(backend: str | None, docker: Docker) -> Iterator[Check]:
+        yield from checks
+
+    return run_checks
+
+
+def test_doctor_all_ok_prints_each_line_and_succeeds(
+    tasks: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(
+        doctor, "run_checks", fake_checks(Check("a", True, "fine"), Check("b", True, "fine"))
+    )
+
+    tasks.doctor(Context())
+
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["ok    a: fine", "ok    b: fine"]
+    assert err == ""
+
+
+def test_doctor_counts_the_failures_and_exits_1(
+    tasks: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(
+        doctor,
+        "run_checks",
+        fake_checks(Check("a", False, "x"), Check("b", True, "y"), Check("c", False, "z")),
+    )
+
+    exits(functools.partial(tasks.doctor, Context()))
+
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["FAIL  a: x", "ok    b: y", "FAIL  c: z"]
+    assert err == "error: 2 check(s) failed: see the FAIL lines above\n"
+
+
+def test_doctor_with_the_real_checks_on_a_fake_docker(
+    tasks: ModuleType,
+    runner: ScriptedRunner,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(
+        doctor, "run_checks", functools.partial(doctor.run_checks, load=lambda: settings)
+    )
+    monkeypatch.setattr(files, "free_bytes", lambda path: 50 * GIB)
+    monkeypatch.setattr(preflight, "memory_available", lambda: 8 * GIB)
+
+    tasks.doctor(Context())
+    assert "FAIL" not in capsys.readouterr().out
+
+    runner.on("docker", "info", "--format", "{{.ServerVersion}}", returncode=1)
+    exits(functools.partial(tasks.doctor, Context()))
+    out, err = capsys.readouterr()
+    assert out.splitlines()[-1].startswith("FAIL  docker daemon: Docker is not running")
+    assert err == "error: 1 check(s) failed: see the FAIL lines above\n"
+
+
+def test_doctor_unknown_backend_fails_before_docker(
+    tasks: ModuleType, runner: ScriptedRunner, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exits(functools.partial(tasks.doctor, Context(), backend="ollama"))
+
+    assert capsys.readouterr().err == (
+        "error: unknown backend 'ollama': use one of llamacpp, vllm, none\n"
+    )
+    assert runner.calls == []
+
+
+# --- `invoke` as a subprocess: bad input fails in one line, no traceback, no Docker -----------
+
+
+def run_invoke(tmp_path: Path, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    """`python -m invoke ARGS` in the repository, scrubbed environment, no reachable Docker."""
+    env = {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "HOME": str(tmp_path),
+        "LANG": "C.UTF-8",
+        "DOCKER_HOST": "unix:///nonexistent.sock",
+        **extra_env,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (
+            ("up", "--backend=bogus"),
+            "error: unknown backend 'bogus': use one of llamacpp, vllm, none",
+        ),
+        (
+            ("doctor", "--backend=bogus"),
+            "error: unknown backend 'bogus': use one of llamacpp, vllm, none",
+        ),
+        (("up", "--timeout=0"), "error: --timeout=0 must be at least 1"),
+        (("logs", "--tail=-1"), "error: --tail=-1 must be at least 0"),
+        (
+            ("logs", "--service=bogus"),
+            "error: unknown service 'bogus': use one of redis, llm-server",
+        ),
+        (
+            ("restart", "--service=bogus"),
+            "error: unknown service 'bogus': use one of redis, llm-server",
+        ),
+    ],
+)
+def test_invoke_bad_argument_prints_one_line(
+    tmp_path: Path, args: tuple[str, ...], error: str
+) -> None:
+    assert assert_one_error_line(run_invoke(tmp_path, *args)) == error
+
+
+@pytest.mark.parametrize("task", ["up", "restart"])
+def test_invoke_fractional_timeout_is_accepted(tmp_path: Path, task: str) -> None:
+    result = run_invoke(tmp_path, task, "--timeout=1.5")
+
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: Docker is not running"), result.stderr
+
+
+@pytest.mark.parametrize("task", ["up", "down", "logs"])  # ps and restart share up's path
+def test_invoke_bad_env_value_prints_one_line(tmp_path: Path, task: str) -> None:
+    line = assert_one_error_line(run_invoke(tmp_path, task, N_CTX="abc"))
+
+    assert line.startswith("error: N_CTX='abc' (from environment) is invalid: not a whole number")
+    assert "Docker" not in line
+
+
+def test_invoke_doctor_with_bad_env_value_fails_the_env_line(tmp_path: Path) -> None:
+    result = run_invoke(tmp_path, "doctor", N_CTX="abc")
+
+    line = assert_one_error_line(result)
+    assert line.endswith("check(s) failed: see the FAIL lines above")
+    assert result.stdout.splitlines()[0].startswith(
+        "FAIL  .env: N_CTX='abc' (from environment) is invalid: not a whole number"
+    )
+    assert "FAIL  docker daemon: " in result.stdout
+
+
+def test_invoke_down_volumes_without_a_terminal_refuses_before_touching_docker(
+    tmp_path: Path,
+) -> None:
+    """Deleting data needs a yes: with no terminal to ask on, refuse, whether Docker runs or not."""
+    line = assert_one_error_line(run_invoke(tmp_path, "down", "--volumes"))
+
+    assert line.endswith("refusing without a terminal: pass --yes")

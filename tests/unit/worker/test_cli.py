@@ -1,0 +1,88 @@
+"""What `invoke worker` and `invoke ask` do before any connection: arguments and their errors."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from kcdev.errors import UserError
+from tests.unit.conftest import MakeSettings
+from worker.cli import ask, task_call, worker_argv
+
+
+def test_the_worker_runs_with_this_python_and_the_configured_concurrency(
+    make_settings: MakeSettings,
+) -> None:
+    argv = worker_argv(make_settings(worker_concurrency="3"), None, "info")
+    assert argv[:6] == [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker"]
+    assert argv[argv.index("--concurrency") + 1] == "3"
+    assert argv[argv.index("--loglevel") + 1] == "INFO"
+
+
+def test_concurrency_given_on_the_command_line_wins(make_settings: MakeSettings) -> None:
+    argv = worker_argv(make_settings(worker_concurrency="3"), 8, "debug")
+    assert argv[argv.index("--concurrency") + 1] == "8"
+
+
+def test_concurrency_may_come_as_text(make_settings: MakeSettings) -> None:
+    argv = worker_argv(make_settings(), "2", "info")
+    assert argv[argv.index("--concurrency") + 1] == "2"
+
+
+@pytest.mark.parametrize(("concurrency", "loglevel", "message"), [
+    (0, "info", "--concurrency=0 must be 1 or more"),
+    ("many", "info", "--concurrency='many' is not a whole number"),
+    (None, "loud", "--loglevel='loud' is not a level"),
+])  # fmt: skip
+def test_bad_worker_flags_are_one_line_errors(
+    make_settings: MakeSettings, concurrency: int | str | None, loglevel: str, message: str
+) -> None:
+    with pytest.raises(UserError, match=message):
+        worker_argv(make_settings(), concurrency, loglevel)
+
+
+def test_each_task_gets_its_arguments() -> None:
+    assert task_call("generate", "Hi", None) == ("worker.tasks.generate", {"prompt": "Hi"})
+    assert task_call("chat", "Hi", None) == (
+        "worker.tasks.chat", {"messages": [{"role": "user", "content": "Hi"}]},
+    )  # fmt: skip
+    assert task_call("summarize", "Long text", None) == (
+        "worker.tasks.summarize", {"document": "Long text"},
+    )  # fmt: skip
+
+
+def test_a_file_is_the_document_or_follows_the_prompt(tmp_path: Path) -> None:
+    file = tmp_path / "doc.md"
+    file.write_text("Body of the document.", encoding="utf-8")
+    assert task_call("summarize", "", file)[1] == {"document": "Body of the document."}
+    assert task_call("generate", "Translate:", file)[1] == {
+        "prompt": "Translate:\n\nBody of the document."
+    }
+
+
+@pytest.mark.parametrize(("task", "prompt", "message"), [
+    ("translate", "x", "--task='translate' is not a task"),
+    ("generate", "   ", "nothing to send"),
+])  # fmt: skip
+def test_bad_ask_arguments_are_one_line_errors(task: str, prompt: str, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        task_call(task, prompt, None)
+
+
+def test_summarize_takes_its_document_from_one_place(tmp_path: Path) -> None:
+    file = tmp_path / "doc.md"
+    file.write_text("Body.", encoding="utf-8")
+    with pytest.raises(UserError, match="PROMPT or --file, not both"):
+        task_call("summarize", "Summarize this", file)
+
+
+def test_a_missing_file_is_a_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"cannot read .*absent\.md"):
+        task_call("summarize", "", tmp_path / "absent.md")
+
+
+def test_a_timeout_must_be_positive() -> None:
+    with pytest.raises(UserError, match="--timeout=0 must be greater than 0"):
+        ask("generate", "x", None, timeout=0)
