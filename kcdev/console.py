@@ -7,6 +7,7 @@ same in every task.
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -53,12 +54,17 @@ def confirm(question: str) -> None:
 
 
 def number(flag: str, raw: object, *, minimum: float, integer: bool = False) -> float:
-    """Parse a numeric task argument: Invoke's own conversion errors end in a traceback."""
+    """Parse a numeric task argument: Invoke's own conversion errors end in a traceback.
+
+    nan and inf are refused: `--timeout inf` would wait forever, and nan compares false with
+    every deadline."""
     try:
         value = int(str(raw)) if integer else float(str(raw))
     except ValueError:
         kind = "a whole number" if integer else "a number"
         raise UserError(f"--{flag}={raw} is not {kind}") from None
+    if not math.isfinite(value):
+        raise UserError(f"--{flag}={raw} is not a finite number")
     if value < minimum:
         raise UserError(f"--{flag}={raw} must be at least {minimum:g}")
     return value

@@ -2,26 +2,29 @@
 
 Every setting is declared once here, with its default and its documentation; `.env.sample` is
 checked against this table by a unit test, so the two cannot drift apart. Values are validated on
-load, so a malformed `.env` fails in one line before anything starts.
+load, so a malformed `.env` fails in one line before anything starts, in every task and in the
+worker alike: `.env` mistakes never fall back to the defaults (see kcdev.envfile).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
+import math
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from dotenv import dotenv_values
-
+from kcdev import envfile
 from kcdev.backends import BACKENDS
 from kcdev.errors import UserError
-from kcdev.paths import ENV_FILE, ROOT
+from kcdev.paths import ENV_FILE, ROOT, shown
 
 Parser = Callable[[str], Any]
 
@@ -57,6 +60,8 @@ def _positive_number(raw: str) -> float:
         value = float(raw)
     except ValueError:
         raise ValueError("not a number") from None
+    if not math.isfinite(value):
+        raise ValueError("not a finite number")
     if not value > 0:
         raise ValueError("must be greater than 0")
     return value
@@ -120,6 +125,60 @@ def _project_name(raw: str) -> str:
     return raw
 
 
+def _redis_password(raw: str) -> str:
+    """A password Redis' config file, redis-cli and the redis:// URL all carry unchanged."""
+    if raw and not raw.strip():
+        raise ValueError("is only spaces, which would mean no password at all")
+    if raw != raw.strip():
+        raise ValueError("starts or ends with a space, which .env files and tools drop")
+    if any(not " " <= char <= "~" for char in raw):
+        raise ValueError(
+            "holds a line break, tab, control or non-ASCII character, which Redis' config file "
+            "cannot take: use printable ASCII"
+        )
+    return raw
+
+
+API_KEY = re.compile(r"[A-Za-z0-9._~+/-]{16,}=*")
+
+
+def _api_key(raw: str) -> str:
+    """Empty (`invoke up` generates one), or a bearer token every server takes as one key:
+    llama-server splits --api-key on commas and skips key-file lines starting with #."""
+    if raw and not API_KEY.fullmatch(raw):
+        raise ValueError(
+            "must be at least 16 letters, digits or . _ ~ + / - characters; leave it empty "
+            "and `invoke up` generates one"
+        )
+    return raw
+
+
+def _optional_cpus(raw: str) -> float | None:
+    if raw == "":
+        return None
+    value = _positive_number(raw)
+    if value < 0.01 or value > 1024:
+        raise ValueError("outside 0.01..1024 CPUs")
+    return value
+
+
+MEMORY = re.compile(r"(\d+(?:\.\d+)?) ?([kmgt]?)i?b?", re.IGNORECASE)
+UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def _optional_memory(raw: str) -> int | None:
+    """Bytes, from Docker's notation (512m, 1.5g, 1GiB, or bytes); empty means no limit."""
+    if raw == "":
+        return None
+    found = MEMORY.fullmatch(raw)
+    if found is None:
+        raise ValueError("not a size such as 512m or 2g")
+    size = int(float(found.group(1)) * UNITS[found.group(2).lower()])
+    if size < 6 * 1024**2:
+        raise ValueError("below 6m, the least Docker accepts")
+    return size
+
+
 def _setting(default: str, doc: str, parse: Parser = _text, *, secret: bool = False) -> Any:
     return field(
         repr=not secret,
@@ -145,7 +204,8 @@ class Settings:
     )
     bind_host: str = _setting(
         "127.0.0.1",
-        "Host address the services' ports are published on; 0.0.0.0 exposes them to the network",
+        "Host address the services' ports are published on; any other than loopback (e.g. "
+        "0.0.0.0: every network) needs REDIS_PASSWORD and LLM_API_KEY",
         _ip,
     )
     # --- redis -------------------------------------------------------------------------------
@@ -153,9 +213,20 @@ class Settings:
     redis_port: int = _setting("6379", "Redis port, published on BIND_HOST", _port)
     redis_db: int = _setting("0", "Redis database number (0-15)", _int_between(0, 15))
     redis_password: str = _setting(
-        "", "Redis password; empty means none. Never printed", secret=True
+        "",
+        "Redis password (printable ASCII); empty means none, allowed only on a loopback "
+        "BIND_HOST. Never printed",
+        _redis_password,
+        secret=True,
     )
     # --- llm client --------------------------------------------------------------------------
+    llm_api_key: str = _setting(
+        "",
+        "Key the LLM server requires of every client (Authorization: Bearer); empty = `invoke up` "
+        "generates one into .env. Never printed",
+        _api_key,
+        secret=True,
+    )
     llm_server_url: str = _setting(
         "http://127.0.0.1:8000", "Base URL of the OpenAI-compatible LLM server", _http_url
     )
@@ -250,6 +321,24 @@ class Settings:
     max_model_len: int = _setting(
         "4096", "Longest sequence vLLM accepts, in tokens", _int_between(16)
     )
+    # --- resources (empty = no limit) ---------------------------------------------------------
+    redis_cpus: float | None = _setting(
+        "1", "CPUs Redis may use, e.g. 0.5 or 2; empty = no limit", _optional_cpus
+    )
+    redis_memory: int | None = _setting(
+        "1g",
+        "Memory Redis may use, e.g. 512m or 2g (Docker kills it past that); empty = no limit",
+        _optional_memory,
+    )
+    llm_cpus: float | None = _setting(
+        "", "CPUs the LLM server may use; empty = no limit (every core)", _optional_cpus
+    )
+    llm_memory: int | None = _setting(
+        "8g",
+        "Memory the LLM server may use (model, context and runtime; raise it for models over "
+        "about 6 GB); empty = no limit",
+        _optional_memory,
+    )
     # --- images ------------------------------------------------------------------------------
     image_source: str = _setting(
         "auto",
@@ -300,37 +389,44 @@ class Settings:
 def load_settings(
     env_file: Path = ENV_FILE,
     environ: Mapping[str, str] | None = None,
-    **overrides: str,
+    warn: Callable[[str], None] | None = None,
 ) -> Settings:
     """Read the settings; raises UserError naming the first invalid value and where it came from.
 
-    `overrides` are task arguments (lowercase names): arguments beat the environment, which beats
-    `.env`, which beats the defaults. A missing `.env` simply means the defaults.
+    The environment beats `.env`, which beats the defaults; a missing `.env` simply means the
+    defaults, an unusable one stops here (kcdev.envfile). Keys in `.env` that look like a
+    misspelt setting are reported through `warn` (default: once per process, on stderr): other
+    tools may share the file, so unknown keys are not errors.
     """
     environ = os.environ if environ is None else environ
-    from_file = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+    found = envfile.read(env_file)
+    where = shown(env_file)
+    _warn_about_misspellings(found, warn or _warn_once)
     values: dict[str, Any] = {}
     for f in Settings.fields():
         name = f.name.upper()
-        if f.name in overrides and overrides[f.name] is not None:
-            raw, origin = str(overrides[f.name]), "argument"
-        elif name in environ:
+        secret = f.metadata["secret"]
+        if name in environ:
             raw, origin = environ[name], "environment"
-        elif name in from_file:
-            raw, origin = from_file[name], env_file.name
+        elif name in found.values:
+            origin = f"{where} line {found.lines[name]}"
+            written = found.values[name]
+            if written is None:
+                raise UserError(
+                    f"{origin} names {name} without '=': write {name}=value ({name}= for empty)"
+                )
+            raw = written
         else:
             raw, origin = f.metadata["default"], "default"
         try:
-            values[f.name] = f.metadata["parse"](raw.strip())
+            # Secrets are taken as written: stripping "   " would silently mean "no password".
+            values[f.name] = f.metadata["parse"](raw if secret else raw.strip())
         except ValueError as exc:
-            shown = "********" if f.metadata["secret"] else raw
+            shown_value = "********" if secret else repr(raw)
             raise UserError(
-                f"{name}={shown!r} (from {origin}) is invalid: {exc}; fix it in {env_file.name} "
+                f"{name}={shown_value} (from {origin}) is invalid: {exc}; fix it in {where} "
                 "or the environment (see .env.sample)"
             ) from None
-    unknown = set(overrides) - {f.name for f in Settings.fields()}
-    if unknown:
-        raise UserError(f"unknown setting(s): {', '.join(sorted(unknown))}")
     settings = Settings(**values)
     if settings.visibility_timeout <= settings.task_time_limit:
         raise UserError(
@@ -338,3 +434,35 @@ def load_settings(
             f"TASK_TIME_LIMIT={settings.task_time_limit}: Redis would redeliver tasks still running"
         )
     return settings
+
+
+def load_settings_or_exit() -> Settings:
+    """The settings, for entry points that are not invoke tasks (the Celery worker): a UserError
+    ends the process with its one line and exit status 1 instead of a traceback."""
+    try:
+        return load_settings()
+    except UserError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """Tasks and the worker load the settings several times; say each warning once."""
+    if message not in _warned:
+        _warned.add(message)
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _warn_about_misspellings(found: envfile.EnvFile, warn: Callable[[str], None]) -> None:
+    known = [f.name.upper() for f in Settings.fields()]
+    for key in found.values:
+        if key in known:
+            continue
+        likely = difflib.get_close_matches(key.upper(), known, n=1, cutoff=0.85)
+        if likely:
+            warn(
+                f"{shown(found.path)} line {found.lines[key]} sets {key}, which no setting "
+                f"reads: did you mean {likely[0]}?"
+            )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from kcdev.settings import Settings, load_settings
+from kcdev.settings import Settings, load_settings_or_exit
 
 # Seconds a command on a Redis connection may take. Without a timeout, a command on a connection
 # Redis dropped silently (a restart behind NAT or a proxy, a failover) waits forever and the
@@ -33,7 +33,7 @@ def redis_url(settings: Settings) -> str:
     return f"redis://{auth}{settings.redis_host}:{settings.redis_port}/{settings.redis_db}"
 
 
-_settings = load_settings()
+_settings = load_settings_or_exit()  # a bad .env stops the worker in one line
 
 # --- where messages and results live ---------------------------------------------------------
 broker_url = redis_url(_settings)

@@ -6,6 +6,7 @@ The image is the stack's own (docker/Dockerfile.vllm-cpu), built when missing th
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ def ensure_vllm_cpu_image() -> str:
 
     Raises UserError, as `invoke build` would, when it cannot be built.
     """
-    settings = load_settings(vllm_variant="cpu")
+    settings = load_settings(environ={**os.environ, "VLLM_VARIANT": "cpu"})
     docker = Docker()
     docker.ensure_daemon()
     images.ensure_images(ComposeProject(settings, "vllm", docker))

@@ -93,8 +93,13 @@ def missing_env_file(tmp_path: Path) -> Path:
 def make_settings(missing_env_file: Path) -> MakeSettings:
     """Settings from the defaults plus keyword overrides; ignores the real `.env` and environ."""
 
+    names = {f.name for f in Settings.fields()}
+
     def make(**overrides: str) -> Settings:
-        return load_settings(missing_env_file, environ={}, **overrides)
+        unknown = set(overrides) - names
+        assert not unknown, f"no such setting: {unknown}"
+        environ = {name.upper(): value for name, value in overrides.items()}
+        return load_settings(missing_env_file, environ=environ)
 
     return make
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ from kcdev.settings import Settings, load_settings
 from tests.unit.conftest import MakeSettings
 
 PASSWORD = "s3cret-Pa55word"
+API_KEY = "k3y-0123456789abcdef_XYZ"
 
 
 def write_env(path: Path, **values: str) -> Path:
@@ -22,9 +26,9 @@ def write_env(path: Path, **values: str) -> Path:
     return path
 
 
-def error_of(env_file: Path, environ: dict[str, str], **overrides: str) -> str:
+def error_of(env_file: Path, environ: dict[str, str]) -> str:
     with pytest.raises(UserError) as caught:
-        load_settings(env_file, environ=environ, **overrides)
+        load_settings(env_file, environ=environ)
     return str(caught.value)
 
 
@@ -77,14 +81,6 @@ def test_environment_overrides_env_file(tmp_path: Path) -> None:
     assert settings.redis_db == 2
 
 
-def test_keyword_overrides_beat_environment_and_env_file(tmp_path: Path) -> None:
-    env_file = write_env(tmp_path / ".env", LLM_BACKEND="llamacpp")
-
-    settings = load_settings(env_file, environ={"LLM_BACKEND": "none"}, llm_backend="vllm")
-
-    assert settings.llm_backend == "vllm"
-
-
 def test_process_environment_is_used_when_environ_is_not_given(
     missing_env_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -100,12 +96,6 @@ def test_values_are_stripped_and_url_trailing_slash_dropped(missing_env_file: Pa
 
     assert settings.redis_port == 6390
     assert settings.llm_server_url == "http://llm:9000"
-
-
-def test_unknown_keyword_override_is_refused(missing_env_file: Path) -> None:
-    message = error_of(missing_env_file, {}, no_such_setting="1")
-
-    assert message == "unknown setting(s): no_such_setting"
 
 
 # --- validation ------------------------------------------------------------------------------
@@ -150,16 +140,9 @@ def test_invalid_env_file_value_names_the_file(
 
     message = error_of(env_file, {})
 
-    assert message.startswith(f"{name}={value!r} (from .env) is invalid: ")
+    assert message.startswith(f"{name}={value!r} (from {env_file} line 1) is invalid: ")
     assert reason in message
-    assert "fix it in .env" in message
-    assert "\n" not in message
-
-
-def test_invalid_keyword_override_is_reported_as_argument(missing_env_file: Path) -> None:
-    message = error_of(missing_env_file, {"LLM_BACKEND": "none"}, llm_backend="bogus")
-
-    assert message.startswith("LLM_BACKEND='bogus' (from argument) is invalid: ")
+    assert f"fix it in {env_file} or" in message
     assert "\n" not in message
 
 
@@ -230,6 +213,11 @@ def test_as_environment_has_one_string_per_field(make_settings: MakeSettings) ->
                 "llm_timeout": "2.5",
                 "llm_server_url": "https://llm.example:9000/",
                 "bind_host": "::1",
+                "llm_api_key": API_KEY,
+                "redis_cpus": "0.5",
+                "redis_memory": "512m",
+                "llm_cpus": "",
+                "llm_memory": "",
             },
             id="customised",
         ),
@@ -341,3 +329,195 @@ def test_served_model(
     make_settings: MakeSettings, overrides: dict[str, str], backend: str, served: str
 ) -> None:
     assert make_settings(**overrides).served_model(backend) == served
+
+
+# --- .env mistakes stop every task; they never fall back to the defaults ------------------------
+
+
+def test_an_unparsable_line_stops_instead_of_using_the_default_project(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("LLM_BACKEND=none\nCOMPOSE_PROJECT_NAME kc-adv\n")
+
+    message = error_of(env_file, {})
+
+    assert message == (
+        f"{env_file} line 2 is not KEY=value: no '=' after COMPOSE_PROJECT_NAME: "
+        "write COMPOSE_PROJECT_NAME=value (see .env.sample)"
+    )
+
+
+def test_an_unterminated_quote_does_not_turn_the_password_off(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(f'REDIS_PASSWORD="{PASSWORD}\nREDIS_DB=1\n')
+
+    message = error_of(env_file, {})
+
+    assert message.startswith(f"{env_file} line 1 is not KEY=value: the quote that opens ")
+    assert PASSWORD not in message
+
+
+def test_a_known_key_without_equals_is_refused(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("# mine\nREDIS_PASSWORD\n")
+
+    message = error_of(env_file, {})
+
+    assert message == (
+        f"{env_file} line 2 names REDIS_PASSWORD without '=': "
+        "write REDIS_PASSWORD=value (REDIS_PASSWORD= for empty)"
+    )
+
+
+def test_a_bare_key_of_another_tool_is_left_alone(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("SOME_TOOL_FLAG\nREDIS_DB=2\n")
+
+    assert load_settings(env_file, environ={}, warn=pytest.fail).redis_db == 2
+
+
+def test_a_misspelt_key_warns_naming_the_likely_setting(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("REDIS_DB=1\nREDIS_PASWORD=x\nHF_TOKEN=t\nPIP_INDEX_URL=u\n")
+    warnings: list[str] = []
+
+    settings = load_settings(env_file, environ={}, warn=warnings.append)
+
+    assert warnings == [
+        f"{env_file} line 2 sets REDIS_PASWORD, which no setting reads: "
+        "did you mean REDIS_PASSWORD?"
+    ]
+    assert settings.redis_password == ""
+
+
+def test_a_warning_is_printed_once_per_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("N_THREAD=2\n")
+
+    load_settings(env_file, environ={})
+    load_settings(env_file, environ={})
+
+    err = capsys.readouterr().err
+    assert err == (
+        f"warning: {env_file} line 1 sets N_THREAD, which no setting reads: "
+        "did you mean N_THREADS?\n"
+    )
+
+
+def test_an_unusable_env_file_stops_loading(tmp_path: Path) -> None:
+    (tmp_path / ".env").mkdir()
+
+    assert "is a folder, not a file" in error_of(tmp_path / ".env", {})
+
+
+# --- secrets that every tool can carry --------------------------------------------------------
+
+BAD_PASSWORDS = [
+    pytest.param('"ab\\ncd-Pa55"', "line break", id="newline"),
+    pytest.param('"   "', "is only spaces", id="space-only"),
+    pytest.param('" s3cret-Pa55"', "starts or ends with a space", id="leading-space"),
+    pytest.param('"s3cret\\tPa55"', "line break, tab", id="tab"),
+    pytest.param("s3cret-Pä55", "non-ASCII", id="non-ascii"),
+]
+
+
+@pytest.mark.parametrize(("written", "reason"), BAD_PASSWORDS)
+def test_a_password_redis_cannot_take_is_refused_unprinted(
+    tmp_path: Path, written: str, reason: str
+) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"REDIS_PASSWORD={written}\n", encoding="utf-8")
+
+    message = error_of(env_file, {})
+
+    assert message.startswith(f"REDIS_PASSWORD=******** (from {env_file} line 1) is invalid: ")
+    assert reason in message
+    assert "Pa55" not in message and "Pä55" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("password", ["p@ss:w/rd?#%\"\\'`$x{}", "two words inside"])
+def test_a_password_with_punctuation_and_inner_spaces_is_kept_exactly(
+    missing_env_file: Path, password: str
+) -> None:
+    settings = load_settings(missing_env_file, environ={"REDIS_PASSWORD": password})
+
+    assert settings.redis_password == password
+
+
+@pytest.mark.parametrize(
+    "key", ["short", "has space inside-0123456", "comma,separated-0123456", "#comment-0123456789"]
+)
+def test_an_api_key_servers_would_misread_is_refused_unprinted(
+    missing_env_file: Path, key: str
+) -> None:
+    message = error_of(missing_env_file, {"LLM_API_KEY": key})
+
+    assert message.startswith("LLM_API_KEY=******** (from environment) is invalid: ")
+    assert key not in message
+
+
+def test_an_api_key_is_masked_in_redacted(make_settings: MakeSettings) -> None:
+    shown = make_settings(llm_api_key=API_KEY).redacted()
+
+    assert shown["LLM_API_KEY"] == "********"
+    assert API_KEY not in "".join(shown.values())
+
+
+# --- resource limits ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "size"),
+    [("512m", 512 * 1024**2), ("1g", 1024**3), ("1.5G", 1536 * 1024**2), ("2GiB", 2 * 1024**3),
+     ("104857600", 104857600), ("", None)],
+)  # fmt: skip
+def test_memory_limits_read_as_docker_writes_them(
+    missing_env_file: Path, raw: str, size: int | None
+) -> None:
+    assert load_settings(missing_env_file, environ={"LLM_MEMORY": raw}).llm_memory == size
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "reason"),
+    [
+        ("REDIS_MEMORY", "lots", "not a size such as 512m or 2g"),
+        ("REDIS_MEMORY", "4m", "below 6m"),
+        ("LLM_CPUS", "0", "greater than 0"),
+        ("LLM_CPUS", "0.001", "outside 0.01..1024"),
+        ("REDIS_CPUS", "nan", "not a finite number"),
+        ("LLM_TIMEOUT", "inf", "not a finite number"),
+        ("REDIS_CPUS", "two", "not a number"),
+    ],
+)
+def test_invalid_resource_limits_name_the_variable(
+    missing_env_file: Path, name: str, raw: str, reason: str
+) -> None:
+    message = error_of(missing_env_file, {name: raw})
+
+    assert message.startswith(f"{name}={raw!r} (from environment) is invalid: ")
+    assert reason in message
+
+
+def test_resource_limits_default_to_redis_bounded_llm_memory_bounded(
+    make_settings: MakeSettings,
+) -> None:
+    settings = make_settings()
+
+    assert (settings.redis_cpus, settings.redis_memory) == (1.0, 1024**3)
+    assert (settings.llm_cpus, settings.llm_memory) == (None, 8 * 1024**3)
+
+
+def test_the_worker_stops_in_one_line_on_a_bad_setting(tmp_path: Path) -> None:
+    """The worker loads the same settings as the tasks, outside invoke: no traceback either."""
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker"],
+        cwd=paths.ROOT, capture_output=True, text=True, timeout=60, check=False,
+        env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "N_CTX": "abc"},
+    )  # fmt: skip
+
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "error: N_CTX='abc' (from environment) is invalid: not a whole number; fix it in .env "
+        "or the environment (see .env.sample)"
+    ]

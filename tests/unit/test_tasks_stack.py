@@ -494,6 +494,10 @@ def assert_one_error_line(result: subprocess.CompletedProcess[str]) -> str:
             "error: unknown backend 'bogus': use one of llamacpp, vllm, none",
         ),
         (("up", "--timeout=0"), "error: --timeout=0 must be at least 1"),
+        (("up", "--timeout=nan"), "error: --timeout=nan is not a finite number"),
+        (("up", "--timeout=inf"), "error: --timeout=inf is not a finite number"),
+        (("restart", "--timeout=-inf"), "error: --timeout=-inf is not a finite number"),
+        (("ask", "hi", "--timeout=NaN"), "error: --timeout=NaN is not a finite number"),
         (("logs", "--tail=-1"), "error: --tail=-1 must be at least 0"),
         (
             ("logs", "--service=bogus"),

