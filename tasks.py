@@ -11,7 +11,7 @@ from pathlib import Path
 from invoke.context import Context
 from invoke.tasks import task
 
-from kcdev.backends import LLM_SERVER
+from kcdev.backends import LLM_SERVER, REDIS
 from kcdev.console import confirm, number, one_line_errors, say, table
 from kcdev.errors import UserError
 from kcdev.settings import load_settings
@@ -64,7 +64,15 @@ def up(
 ) -> None:
     """Start Redis and the LLM server and wait until they really serve (builds images if needed)."""
     wait = number("timeout", timeout, minimum=1)
-    project = _project(backend)
+    # Without --backend, a stack that exists keeps its backend: `invoke up` brings a stopped or
+    # exited service back and never removes a running LLM server unasked.
+    project = _project(backend, running=True)
+    if backend is None and project.backend != project.settings.llm_backend:
+        say(
+            f"keeping backend {project.backend} of the existing stack (LLM_BACKEND="
+            f"{project.settings.llm_backend}): switch with `invoke up "
+            f"--backend={project.settings.llm_backend}`"
+        )
     took = lifecycle.up(project, timeout=wait, keep_on_failure=keep_on_failure, say=say)
     s = project.settings
     say(f"redis      redis://{s.redis_host}:{s.redis_port}/{s.redis_db}")
@@ -88,7 +96,7 @@ def down(c: Context, volumes: bool = False, yes: bool = False) -> None:
 @task
 @one_line_errors
 def ps(c: Context) -> None:
-    """Show the services (state, health, ports), Redis, the Celery queue and LLM server metrics."""
+    """Show the services (state, health, ports, CPU and memory), Redis, Celery and LLM metrics."""
     from kcdev.stack import status
 
     project = _project(running=True)
@@ -96,9 +104,12 @@ def ps(c: Context) -> None:
     if not states:
         say(f"stack {project.name} is not running: start it with `invoke up`")
         return
-    say(status.services_table(states))
-    say(status.redis_summary(project.settings))
-    if LLM_SERVER in states:
+    say(status.services_table(states, status.usage(project, states)))
+    for line in status.way_back(states):
+        say(line)
+    if REDIS in states and states[REDIS].state == "running":
+        say(status.redis_summary(project.settings))
+    if LLM_SERVER in states and states[LLM_SERVER].state == "running":
         say(status.llm_summary(project.settings))
 
 
@@ -115,8 +126,7 @@ def logs(c: Context, service: str | None = None, follow: bool = False, tail: str
     lifecycle.check_service(service)
     lines = int(number("tail", tail, minimum=0, integer=True))
     project = _project(running=True)
-    args = ["logs", "--tail", str(lines), *(["--follow"] if follow else [])]
-    project.run(*args, *([service] if service else []), capture=False)
+    lifecycle.print_logs(project, service, tail=lines, follow=follow, say=say)
 
 
 @task(

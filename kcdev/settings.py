@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import ipaddress
 import math
 import os
@@ -19,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from kcdev import envfile
 from kcdev.backends import BACKENDS
@@ -27,6 +28,13 @@ from kcdev.errors import UserError
 from kcdev.paths import ENV_FILE, ROOT, shown
 
 Parser = Callable[[str], Any]
+REDACTED = "********"
+# Where a log line carries a secret whatever its value: a Redis config line, an HTTP header.
+SECRET_CONTEXT = re.compile(
+    r"((?:requirepass|masterauth)\s+|authorization:\s*bearer\s+|api[-_]key[\"']?\s*[:=]\s*)"
+    r"[^\s,}\]]+",
+    re.IGNORECASE,
+)
 
 
 def _text(raw: str) -> str:
@@ -362,12 +370,22 @@ class Settings:
         return dataclasses.fields(cls)
 
     def as_environment(self) -> dict[str, str]:
-        """The settings as variables, for compose files and child processes."""
+        """The settings as variables, for compose files and child processes; plus
+        LLM_API_KEY_ID, which the compose files label the LLM server with (see api_key_id)."""
         env = {}
         for f in self.fields():
             value = getattr(self, f.name)
             env[f.name.upper()] = "" if value is None else str(value)
+        env["LLM_API_KEY_ID"] = self.api_key_id()
         return env
+
+    def api_key_id(self) -> str:
+        """A fingerprint of LLM_API_KEY, not the key: 8 hex digits of its sha256, empty without
+        a key. It changes when the key does, so compose recreates the server with the new key;
+        anyone who can read the label can read the container's key file anyway."""
+        if not self.llm_api_key:
+            return ""
+        return hashlib.sha256(self.llm_api_key.encode()).hexdigest()[:8]
 
     def served_model(self, backend: str) -> str:
         """The model name the backend's server reports, which clients ask for."""
@@ -377,12 +395,31 @@ class Settings:
             return Path(self.model_name).name
         return Path(self.model_path).name.removesuffix(".gguf")
 
+    def secrets(self) -> list[str]:
+        """The secret values that are set (REDIS_PASSWORD, LLM_API_KEY)."""
+        return [
+            getattr(self, f.name)
+            for f in self.fields()
+            if f.metadata["secret"] and getattr(self, f.name)
+        ]
+
+    def redact(self, text: str) -> str:
+        """`text` (a container's log, a command's output) with every secret masked: as written,
+        URL-encoded, or a line of it (a config file broken by a line break echoes one), and
+        whatever follows `requirepass` or `Authorization: Bearer`."""
+        for value in self.secrets():
+            pieces = {value, quote(value, safe=""), *re.split(r"[\r\n]+", value)}
+            for piece in sorted(pieces, key=len, reverse=True):
+                if len(piece) >= 4:
+                    text = text.replace(piece, REDACTED)
+        return SECRET_CONTEXT.sub(lambda m: m.group(1) + REDACTED, text)
+
     def redacted(self) -> dict[str, str]:
         """The settings for display, secrets masked."""
         env = self.as_environment()
         for f in self.fields():
             if f.metadata["secret"] and env[f.name.upper()]:
-                env[f.name.upper()] = "********"
+                env[f.name.upper()] = REDACTED
         return env
 
 

@@ -112,11 +112,14 @@ class LLMClient:
     ) -> LLMClient:
         # LLM_SERVER_URL is the server's root; tolerate a copied ".../v1" base URL too.
         base_url = settings.llm_server_url.removesuffix("/v1")
+        # The stack's servers answer only requests that carry LLM_API_KEY (401 otherwise).
+        key = settings.llm_api_key
         http = httpx.Client(
             base_url=base_url,
             timeout=httpx.Timeout(
                 settings.llm_timeout, connect=min(CONNECT_TIMEOUT, settings.llm_timeout)
             ),
+            headers={"Authorization": f"Bearer {key}"} if key else None,
             transport=transport,
         )
         return cls(http, model=settings.served_model_name or None, fallback_context=settings.n_ctx)

@@ -113,6 +113,8 @@ def _stack_checks(settings: Settings, docker: Docker, backend: str) -> Iterator[
     yield Check(
         "model", problem is None, problem or (f"{where} present" if where else "none needed")
     )
+    exposure = preflight.exposure_problem(settings, backend)
+    yield Check("exposure", exposure is None, exposure or f"published on {settings.bind_host} only")
     ports = preflight.port_problems(settings, backend, docker)
     yield Check("ports", not ports, "; ".join(ports) or "free or held by this stack")
     gpu = preflight.gpu_problem(settings, backend, docker, wants_gpu(settings, backend))

@@ -1,21 +1,30 @@
 """The stack's lifecycle: up (really ready, or cleaned up and explained), down, restart, state.
 
-`up` checks what it can before starting anything (model present, ports, GPU runtime), builds
-missing images, starts compose, then waits for real readiness: Redis answers and is not loading;
-the LLM server lists the model and completes one token. It does not wait for Docker's own
-healthchecks, which probe once a second and may still say "starting" for up to that long: the
-stack serves by then, and waiting would add half a second on average to every `up`.
+`up` checks what it can before starting anything (model present, ports, GPU runtime, CPU limits,
+credentials for a non-loopback BIND_HOST), generates the LLM server's API key into `.env` when
+there is none, builds missing images, starts compose, then waits for real readiness: Redis
+answers and is not loading; the LLM server lists the model and completes one token with the key,
+and refuses a request without it. It does not wait for Docker's own healthchecks, which probe
+once a second and may still say "starting" for up to that long: the stack serves by then, and
+waiting would add half a second on average to every `up`. Stopped or exited services are simply
+started again; a backend switch that removes the running LLM server says so.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
+import os
+import secrets
+import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
+from kcdev import envfile, paths
 from kcdev.backends import LLM_SERVER, REDIS, SERVICES, services_for
 from kcdev.console import Say
 from kcdev.errors import UserError
@@ -24,6 +33,8 @@ from kcdev.stack.compose import ComposeProject, wants_gpu
 from kcdev.stack.docker_cli import last_line
 
 LOG_LINES = 20
+# How `invoke logs` starts compose: a module attribute, so tests can stand in for it.
+POPEN: Callable[..., subprocess.Popen[str]] = subprocess.Popen
 
 
 @dataclass(frozen=True)
@@ -71,19 +82,72 @@ def check_service(service: str | None) -> str | None:
 
 
 def service_log(project: ComposeProject, service: str, lines: int = LOG_LINES) -> str:
+    """The service's last log lines, secrets masked: they go into error messages."""
     result = project.run("logs", "--no-color", "--no-log-prefix", "--tail", str(lines), service)
-    text = (result.stdout + result.stderr).strip()
+    text = project.settings.redact(result.stdout + result.stderr).strip()
     return f"--- last {lines} lines of {service}'s log ---\n{text}" if text else ""
+
+
+def print_logs(
+    project: ComposeProject,
+    service: str | None,
+    *,
+    tail: int,
+    follow: bool,
+    say: Say = print,
+    popen: Callable[..., subprocess.Popen[str]] | None = None,
+) -> int:
+    """`invoke logs`: compose's log lines as they come, secrets masked; returns compose's status.
+
+    Read line by line rather than handed the terminal, so that no line reaches the user unmasked.
+    """
+    args = ["logs", "--tail", str(tail), *(["--follow"] if follow else [])]
+    argv = project.argv(*args, *([service] if service else []))
+    with (popen or POPEN)(
+        argv, env=project.environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, errors="replace",
+    ) as process:  # fmt: skip
+        assert process.stdout is not None
+        for line in process.stdout:
+            say(project.settings.redact(line.rstrip("\n")))
+    return process.returncode
 
 
 def preflight_problems(project: ComposeProject) -> list[str]:
     settings, backend, docker = project.settings, project.backend, project.docker
     problems = [
+        preflight.exposure_problem(settings, backend),
         preflight.model_problem(settings, backend),
         preflight.gpu_problem(settings, backend, docker, wants_gpu(settings, backend)),
+        *preflight.cpu_problems(settings, backend, docker),
         *preflight.port_problems(settings, backend, docker),
     ]
     return [p for p in problems if p]
+
+
+def ensure_api_key(
+    project: ComposeProject,
+    env_file: Path,
+    say: Say = print,
+    environ: Mapping[str, str] = os.environ,
+) -> None:
+    """An LLM server always requires a key: when LLM_API_KEY is empty, generate one into `.env`
+    (so the worker and every later task read the same) and use it from now on. The key is never
+    printed."""
+    if project.backend == "none" or project.settings.llm_api_key:
+        return
+    if "LLM_API_KEY" in environ:
+        raise UserError(
+            "LLM_API_KEY is empty in the environment, which overrides .env: unset it "
+            "(`invoke up` then generates one into .env) or set it to a key"
+        )
+    key = secrets.token_urlsafe(32)
+    envfile.set_value(env_file, "LLM_API_KEY", key)
+    project.settings = dataclasses.replace(project.settings, llm_api_key=key)
+    say(
+        f"generated LLM_API_KEY into {paths.shown(env_file)}: the LLM server answers only "
+        "clients that send it (the worker reads it from there)"
+    )
 
 
 @dataclass(frozen=True)
@@ -96,6 +160,7 @@ class Container:
     exit_code: int
     restarts: int
     health: str  # healthy, unhealthy, starting, or "" without a healthcheck
+    backend: str = ""  # for llm-server: the backend whose compose files created it
 
     def crashed_since(self, restarts_before: int) -> bool:
         """Exited, or restarted by its restart policy since we looked (a crash loop can look
@@ -115,7 +180,8 @@ def containers(project: ComposeProject) -> dict[str, Container]:
     found: dict[str, Container] = {}
     for entry in json.loads(inspect.stdout or "[]"):
         state = entry.get("State") or {}
-        service = (entry.get("Config") or {}).get("Labels", {}).get("com.docker.compose.service")
+        labels = (entry.get("Config") or {}).get("Labels") or {}
+        service = labels.get("com.docker.compose.service")
         if not service:
             continue
         found[service] = Container(
@@ -125,20 +191,38 @@ def containers(project: ComposeProject) -> dict[str, Container]:
             exit_code=int(state.get("ExitCode") or 0),
             restarts=int(entry.get("RestartCount") or 0),
             health=(state.get("Health") or {}).get("Status", ""),
+            backend=_backend_of(labels.get(CONFIG_FILES_LABEL, ""))
+            if service == LLM_SERVER
+            else "",
         )
     return found
 
 
+CONFIG_FILES_LABEL = "com.docker.compose.project.config_files"
+
+
+def _backend_of(config_files: str) -> str:
+    """The backend an llm-server container belongs to, from the compose files that made it."""
+    return "vllm" if "docker-compose.vllm.yml" in config_files else "llamacpp"
+
+
 def up(
-    project: ComposeProject, *, timeout: float, keep_on_failure: bool = False, say: Say = print
+    project: ComposeProject,
+    *,
+    timeout: float,
+    keep_on_failure: bool = False,
+    say: Say = print,
+    env_file: Path = paths.ENV_FILE,
 ) -> float:
     """Bring the backend's stack up and wait until it serves; returns the seconds it took.
 
     `timeout` bounds the wait for readiness, not a first image build (that can take minutes).
     The wait polls the services themselves rather than `compose up --wait`, whose view is only as
     fresh as the last healthcheck probe, and watches the containers for crashes meanwhile.
+    `env_file` receives a generated LLM_API_KEY when there is none.
     """
     started = time.monotonic()
+    ensure_api_key(project, env_file, say)
     problems = preflight_problems(project)
     if problems:
         raise UserError(problems[0])
@@ -149,17 +233,33 @@ def up(
     before = {c.service: c.container_id for c in found.values()}
     restarts = {c.container_id: c.restarts for c in found.values()}
     services = services_for(project.backend)
+    switch = _backend_switch(found.get(LLM_SERVER), project.backend)
+    if switch:
+        say(switch)
     say(f"starting {', '.join(services)} (backend {project.backend}, project {project.name})")
     try:
         result = project.run("up", "--detach", "--remove-orphans")
         if result.returncode != 0:
             raise _start_failure(project, result.stderr, restarts)
-        _wait_ready(project, deadline, timeout, restarts)
+        _wait_ready(project, deadline, timeout, restarts, say)
     except UserError:
         if not keep_on_failure:
             _remove_started(project, before)
         raise
     return time.monotonic() - started
+
+
+def _backend_switch(llm: Container | None, backend: str) -> str | None:
+    """The line that says an LLM server of another backend is about to go, or None."""
+    if llm is None or llm.backend == backend:
+        return None
+    state = "running" if llm.status == "running" else llm.status or "stopped"
+    if backend == "none":
+        return (
+            f"removing the {state} llm-server ({llm.backend}): --backend=none runs Redis alone; "
+            f"`invoke up --backend={llm.backend}` brings it back"
+        )
+    return f"replacing the {state} llm-server ({llm.backend}) with {backend}"
 
 
 def _import_probes_meanwhile() -> None:
@@ -191,7 +291,11 @@ class _CrashWatch:
 
 
 def _wait_ready(
-    project: ComposeProject, deadline: float, timeout: float, restarts: dict[str, int]
+    project: ComposeProject,
+    deadline: float,
+    timeout: float,
+    restarts: dict[str, int],
+    say: Say = print,
 ) -> None:
     from kcdev.stack import readiness
 
@@ -199,9 +303,11 @@ def _wait_ready(
     checks: list[tuple[str, Callable[[], str | None]]] = [
         (REDIS, lambda: readiness.redis_ready(s.redis_host, s.redis_port, s.redis_password)),
     ]
+    model = s.served_model(project.backend)
     if project.backend != "none":
-        model = s.served_model(project.backend)
-        checks.append((LLM_SERVER, lambda: readiness.llm_ready(s.llm_server_url, model)))
+        checks.append(
+            (LLM_SERVER, lambda: readiness.llm_ready(s.llm_server_url, model, s.llm_api_key))
+        )
     watch = _CrashWatch(project, restarts)
     for service, check in checks:
 
@@ -211,14 +317,24 @@ def _wait_ready(
                 watch()
             return reason
 
+        def progress(reason: str, waited: float, service: str = service) -> None:
+            say(f"waiting for {service}: {reason} ({waited:.0f} s of {timeout:.0f} s)")
+
         try:
-            readiness.wait_until(watched, deadline)
+            readiness.wait_until(watched, deadline, progress)
         except readiness.NotReady as exc:
             raise UserError(
                 f"{service} not ready within {timeout:.0f} s ({exc}): raise --timeout "
                 "(large models load for minutes), or see its log below",
                 service_log(project, service),
             ) from None
+    if project.backend != "none":
+        open_to_all = readiness.llm_refuses_anonymous(s.llm_server_url, model)
+        if open_to_all is not None:
+            raise UserError(
+                f"llm-server serves clients without LLM_API_KEY ({open_to_all}): its image "
+                "predates the key; rebuild it with `invoke build` and run `invoke up` again"
+            )
 
 
 def _start_failure(project: ComposeProject, stderr: str, restarts: dict[str, int]) -> UserError:
@@ -265,7 +381,10 @@ def _exit_hint(code: int, log: str) -> str:
             "rebuild with `invoke build --no-cache` on this machine"
         )
     if code == 137:
-        return "killed, most likely out of memory: use a smaller model or lower N_CTX"
+        return (
+            "killed, most likely out of memory: raise LLM_MEMORY / REDIS_MEMORY, or use a "
+            "smaller model or lower N_CTX"
+        )
     return "check that the model is a valid file that fits in memory"
 
 
@@ -287,12 +406,22 @@ def down(project: ComposeProject, *, volumes: bool) -> None:
 def restart(
     project: ComposeProject, service: str | None, *, timeout: float, say: Say = print
 ) -> float:
+    """Restart the stack or one of its services and wait until it serves again; fails at once
+    when there is nothing to restart, rather than waiting `timeout` for it."""
     started = time.monotonic()
-    restarts = {c.container_id: c.restarts for c in containers(project).values()}
+    found = containers(project)
+    if not found:
+        raise UserError(f"stack {project.name} is not running: start it with `invoke up`")
+    if service is not None and service not in found:
+        raise UserError(
+            f"{service} is not part of stack {project.name} (services: {', '.join(found)}): "
+            "restart another service, or start it with `invoke up --backend=...`"
+        )
+    restarts = {c.container_id: c.restarts for c in found.values()}
     result = project.run("restart", *([service] if service else []))
     if result.returncode != 0:
         raise UserError(f"docker compose restart failed: {last_line(result.stderr)}")
-    _wait_ready(project, started + timeout, timeout, restarts)
+    _wait_ready(project, started + timeout, timeout, restarts, say)
     return time.monotonic() - started
 
 
@@ -305,7 +434,7 @@ def running_backend(project: ComposeProject) -> str | None:
     if llm is None:
         return "none"
     label = project.docker.run(
-        "inspect", "--format",
-        '{{index .Config.Labels "com.docker.compose.project.config_files"}}', llm.container_id,
+        "inspect", "--format", f'{{{{index .Config.Labels "{CONFIG_FILES_LABEL}"}}}}',
+        llm.container_id,
     ).stdout  # fmt: skip
-    return "vllm" if "docker-compose.vllm.yml" in label else "llamacpp"
+    return _backend_of(label)

@@ -7,6 +7,7 @@ and `doctor` can list them all.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
 import socket
 from pathlib import Path
@@ -69,7 +70,14 @@ def ports_held_by_stack(docker: Docker, project: str) -> set[int]:
 
 
 def port_is_free(host: str, port: int) -> bool:
+    """Whether a server could listen on host:port now.
+
+    SO_REUSEADDR, as Docker's own proxy binds: after a server container is killed, its clients'
+    dead connections keep the port in TIME_WAIT or FIN_WAIT for about a minute, which a plain
+    bind() takes for "in use"; a program listening there still makes this bind fail.
+    """
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
@@ -102,6 +110,43 @@ def port_problems(settings: Settings, backend: str, docker: Docker) -> list[str]
                 f"stop it, or set {name} to a free port in .env"
             )
     return problems
+
+
+def exposure_problem(settings: Settings, backend: str) -> str | None:
+    """Services published beyond this machine need their credentials: Redis' password, and the
+    LLM server's key (a web page in any browser that reaches the port could use the model)."""
+    if ipaddress.ip_address(settings.bind_host).is_loopback:
+        return None
+    missing = [] if settings.redis_password else ["REDIS_PASSWORD"]
+    if backend != "none" and not settings.llm_api_key:
+        missing.append("LLM_API_KEY")
+    if not missing:
+        return None
+    return (
+        f"BIND_HOST={settings.bind_host} publishes the stack beyond this machine, but "
+        f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} empty: set "
+        f"{'them' if len(missing) > 1 else 'it'} in .env, or set BIND_HOST=127.0.0.1"
+    )
+
+
+def cpu_problems(settings: Settings, backend: str, docker: Docker) -> list[str]:
+    """CPU limits above the cores Docker has: it would refuse to start the container."""
+    limits = {"REDIS_CPUS": settings.redis_cpus}
+    if backend != "none":
+        limits["LLM_CPUS"] = settings.llm_cpus
+    wanted = {name: cpus for name, cpus in limits.items() if cpus is not None}
+    if not wanted:
+        return []
+    try:
+        cores = int(docker.run("info", "--format", "{{.NCPU}}").stdout.strip())
+    except ValueError:
+        return []  # the daemon did not say: Docker checks it itself at start
+    return [
+        f"{name}={cpus:g} but Docker has {cores} CPU{'s' if cores != 1 else ''}: "
+        f"set {name} to {cores} or less, or empty for no limit"
+        for name, cpus in wanted.items()
+        if cpus > cores
+    ]
 
 
 def gpu_problem(settings: Settings, backend: str, docker: Docker, wants_gpu: bool) -> str | None:

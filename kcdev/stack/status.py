@@ -1,14 +1,23 @@
-"""What `invoke ps` shows: the services' state, and what Redis, Celery and the LLM server report."""
+"""What `invoke ps` shows: the services' state, limits and use, and what Redis, Celery and the LLM
+server report.
+
+CPU and memory use come from one `docker stats --no-stream` call for all the project's running
+containers, limits from one `docker inspect`, as the seed's monitoring section reads them.
+"""
 
 from __future__ import annotations
+
+import json
+from dataclasses import dataclass
 
 import httpx
 import redis
 
 from kcdev import redis_client
-from kcdev.console import table
+from kcdev.console import human_size, table
 from kcdev.redis_client import keyspace, total_keys
 from kcdev.settings import Settings
+from kcdev.stack.compose import ComposeProject
 from kcdev.stack.lifecycle import ServiceState
 
 # Prometheus series worth a glance, from llama-server (llamacpp:*) and vLLM (vllm:*).
@@ -24,12 +33,89 @@ METRICS = (
 CELERY_QUEUE = "celery"
 
 
-def services_table(states: dict[str, ServiceState]) -> str:
-    rows = [["SERVICE", "STATE", "HEALTH", "PORTS"]]
+@dataclass(frozen=True)
+class Usage:
+    """One container's limits (None: none) and, while it runs, what it uses now."""
+
+    cpus: float | None
+    memory: int | None
+    cpu_percent: str = ""  # of one CPU, as docker stats says: 150% is one and a half cores
+    memory_used: str = ""
+
+    @property
+    def limits(self) -> str:
+        cpus = "no CPU limit" if self.cpus is None else f"{self.cpus:g} CPU"
+        memory = "no memory limit" if self.memory is None else human_size(self.memory)
+        return f"{cpus}, {memory}"
+
+
+def usage(project: ComposeProject, states: dict[str, ServiceState]) -> dict[str, Usage]:
+    """Limits and current use by service: one docker inspect, one docker stats."""
+    ids = {state.container_id: service for service, state in states.items()}
+    if not ids:
+        return {}
+    found: dict[str, Usage] = {}
+    inspect = project.docker.run(
+        "inspect", "--format", "{{.Id}} {{.HostConfig.NanoCpus}} {{.HostConfig.Memory}}", *ids
+    )
+    for line in inspect.stdout.splitlines():
+        full_id, _, limits = line.partition(" ")
+        service = next((s for cid, s in ids.items() if full_id.startswith(cid)), None)
+        try:
+            nano, memory = (int(part) for part in limits.split())
+        except ValueError:
+            continue
+        if service is not None:
+            found[service] = Usage(nano / 1e9 if nano else None, memory or None)
+    running = [cid for cid, service in ids.items() if states[service].state == "running"]
+    if running:
+        # The container's name or id as passed comes back in .Container: match on that.
+        stats = project.docker.run(
+            "stats", "--no-stream", "--format", "{{json .}}", *running, timeout=30
+        )
+        for line in stats.stdout.splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            service = ids.get(entry.get("Container", ""))
+            if service in found:
+                used = str(entry.get("MemUsage", "")).split(" / ")[0]
+                found[service] = Usage(
+                    found[service].cpus, found[service].memory, entry.get("CPUPerc", ""), used
+                )
+    return found
+
+
+def services_table(states: dict[str, ServiceState], used: dict[str, Usage] | None = None) -> str:
+    used = used or {}
+    rows = [["SERVICE", "STATE", "HEALTH", "PORTS", "CPU", "MEMORY", "LIMITS"]]
     for state in states.values():
         shown = state.state if state.state != "exited" else f"exited ({state.exit_code})"
-        rows.append([state.service, shown, state.health or "-", state.ports or "-"])
+        now = used.get(state.service)
+        rows.append(
+            [
+                state.service, shown, state.health or "-", state.ports or "-",
+                (now.cpu_percent if now else "") or "-", (now.memory_used if now else "") or "-",
+                now.limits if now else "-",
+            ]
+        )  # fmt: skip
     return table(rows)
+
+
+def way_back(states: dict[str, ServiceState]) -> list[str]:
+    """A line for each service that is not running, saying how to bring it back."""
+    lines = []
+    for state in states.values():
+        if state.state == "running":
+            continue
+        what = (
+            f"{state.state} (exit code {state.exit_code})"
+            if state.state == "exited"
+            else state.state
+        )
+        lines.append(f"{state.service} is {what}: bring it back with `invoke up`")
+    return lines
 
 
 def redis_summary(settings: Settings) -> str:
@@ -42,7 +128,7 @@ def redis_summary(settings: Settings) -> str:
         keys = total_keys(keyspace(info))
         queued = client.llen(CELERY_QUEUE)
     except redis.RedisError as exc:
-        return f"redis: unavailable ({exc})"
+        return f"redis: unavailable ({settings.redact(str(exc))})"
     finally:
         client.close()
     return (
@@ -69,10 +155,14 @@ def parse_metrics(text: str) -> dict[str, float]:
 
 
 def llm_summary(settings: Settings) -> str:
+    """The LLM server's own metrics; llama-server serves /metrics only with the API key."""
+    headers = {"Authorization": f"Bearer {settings.llm_api_key}"} if settings.llm_api_key else {}
     try:
-        response = httpx.get(f"{settings.llm_server_url}/metrics", timeout=3)
+        response = httpx.get(f"{settings.llm_server_url}/metrics", timeout=3, headers=headers)
     except httpx.HTTPError as exc:
         return f"llm-server: unavailable ({type(exc).__name__})"
+    if response.status_code == 401:
+        return "llm-server: refuses LLM_API_KEY (401): it runs with another key; run `invoke up`"
     if response.status_code != 200:
         return "llm-server: no metrics exposed"
     metrics = parse_metrics(response.text)

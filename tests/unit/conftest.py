@@ -201,20 +201,39 @@ def compose_subcommands(runner: FakeRunner) -> list[list[str]]:
 
 @dataclass
 class FakeReadiness:
-    """Stand-ins for readiness.redis_ready and llm_ready: each call takes the next reason."""
+    """Stand-ins for readiness.redis_ready, llm_ready and llm_refuses_anonymous: each call takes
+    the next reason. `install` puts them in place of the real probes."""
 
     redis: list[str | None] = field(default_factory=lambda: [None])
     llm: list[str | None] = field(default_factory=lambda: [None])
+    anonymous: list[str | None] = field(default_factory=lambda: [None])
     redis_calls: list[tuple[str, int, str]] = field(default_factory=list)
     llm_calls: list[tuple[str, str]] = field(default_factory=list)
+    llm_keys: list[str] = field(default_factory=list)
+    anonymous_calls: list[tuple[str, str]] = field(default_factory=list)
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> FakeReadiness:
+        from kcdev.stack import readiness
+
+        monkeypatch.setattr(readiness, "redis_ready", self.redis_ready)
+        monkeypatch.setattr(readiness, "llm_ready", self.llm_ready)
+        monkeypatch.setattr(readiness, "llm_refuses_anonymous", self.llm_refuses_anonymous)
+        return self
 
     def redis_ready(self, host: str, port: int, password: str, db: int = 0) -> str | None:
         self.redis_calls.append((host, port, password))
         return self.redis.pop(0) if len(self.redis) > 1 else self.redis[0]
 
-    def llm_ready(self, base_url: str, model: str, timeout: float = 30) -> str | None:
+    def llm_ready(
+        self, base_url: str, model: str, api_key: str = "", timeout: float = 30
+    ) -> str | None:
         self.llm_calls.append((base_url, model))
+        self.llm_keys.append(api_key)
         return self.llm.pop(0) if len(self.llm) > 1 else self.llm[0]
+
+    def llm_refuses_anonymous(self, base_url: str, model: str, timeout: float = 10) -> str | None:
+        self.anonymous_calls.append((base_url, model))
+        return self.anonymous.pop(0) if len(self.anonymous) > 1 else self.anonymous[0]
 
 
 # --- the project's containers as `docker ps` and `docker inspect` see them ----------------------
@@ -229,11 +248,13 @@ def inspect_entry(
     restarts: int = 0,
     health: str | None = "healthy",
     project: str = "kc-devenv",
+    backend: str = "llamacpp",
 ) -> dict[str, Any]:
     """One container as `docker inspect` (Engine 20.10) describes it, trimmed to what matters.
 
     `health=None` is a container without a healthcheck (no State.Health at all); `service=None`
-    one that carries the project label but no service label.
+    one that carries the project label but no service label. An llm-server carries the compose
+    files of `backend` in its labels.
     """
     state: dict[str, Any] = {
         "Status": status,
@@ -247,6 +268,10 @@ def inspect_entry(
     labels = {"com.docker.compose.project": project}
     if service is not None:
         labels["com.docker.compose.service"] = service
+    if service == "llm-server":
+        labels["com.docker.compose.project.config_files"] = (
+            f"/repo/docker/docker-compose.yml,/repo/docker/docker-compose.{backend}.yml"
+        )
     return {
         "Id": container_id,
         "Name": f"/{project}-{service}-1",

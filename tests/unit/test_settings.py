@@ -193,7 +193,7 @@ def test_redacted_leaves_an_empty_password_empty(make_settings: MakeSettings) ->
 def test_as_environment_has_one_string_per_field(make_settings: MakeSettings) -> None:
     env = make_settings().as_environment()
 
-    assert set(env) == {f.name.upper() for f in Settings.fields()}
+    assert set(env) == {f.name.upper() for f in Settings.fields()} | {"LLM_API_KEY_ID"}
     assert all(isinstance(value, str) for value in env.values())
     assert env["N_THREADS"] == ""  # None becomes empty, which parses back to None
     assert env["REDIS_PORT"] == "6379"
@@ -521,3 +521,14 @@ def test_the_worker_stops_in_one_line_on_a_bad_setting(tmp_path: Path) -> None:
         "error: N_CTX='abc' (from environment) is invalid: not a whole number; fix it in .env "
         "or the environment (see .env.sample)"
     ]
+
+
+def test_the_api_key_id_changes_with_the_key_and_does_not_show_it(
+    make_settings: MakeSettings,
+) -> None:
+    one, other = make_settings(llm_api_key=API_KEY), make_settings(llm_api_key=API_KEY + "x")
+
+    assert re.fullmatch(r"[0-9a-f]{8}", one.api_key_id())
+    assert one.api_key_id() != other.api_key_id()
+    assert one.as_environment()["LLM_API_KEY_ID"] == one.api_key_id()
+    assert make_settings().api_key_id() == ""

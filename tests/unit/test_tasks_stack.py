@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import io
@@ -12,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import ClassVar
 
 import pytest
 from invoke.context import Context
@@ -19,7 +21,7 @@ from invoke.exceptions import Exit
 
 from kcdev import files, paths
 from kcdev.settings import Settings
-from kcdev.stack import doctor, preflight, readiness, status
+from kcdev.stack import doctor, lifecycle, preflight, status
 from kcdev.stack.compose import BASE_FILE, ComposeProject
 from kcdev.stack.docker_cli import Docker
 from kcdev.stack.doctor import GIB, Check
@@ -46,6 +48,13 @@ LABEL_INSPECT = (
 )
 
 
+LIMITS_FORMAT = "{{.Id}} {{.HostConfig.NanoCpus}} {{.HostConfig.Memory}}"
+STATS = (
+    '{"Container":"r1","ID":"r1","CPUPerc":"0.31%","MemUsage":"3.2MiB / 1GiB"}\n'
+    '{"Container":"l1","ID":"l1","CPUPerc":"148.02%","MemUsage":"301.5MiB / 23.4GiB"}\n'
+)
+
+
 class FakeTerminal(io.StringIO):
     """Standard input that claims to be a terminal."""
 
@@ -59,7 +68,10 @@ def settings(make_settings: MakeSettings, tmp_path: Path) -> Settings:
     (tmp_path / "gguf").mkdir()
     (tmp_path / "gguf" / "model.gguf").write_bytes(b"GGUF")
     return make_settings(
-        gguf_dir=str(tmp_path / "gguf"), build_ca_bundle="none", image_source="registry"
+        gguf_dir=str(tmp_path / "gguf"),
+        build_ca_bundle="none",
+        image_source="registry",
+        llm_api_key="k3y-0123456789abcdef_XYZ",
     )
 
 
@@ -72,10 +84,7 @@ def runner() -> ScriptedRunner:
 
 @pytest.fixture
 def ready(monkeypatch: pytest.MonkeyPatch) -> FakeReadiness:
-    fake = FakeReadiness()
-    monkeypatch.setattr(readiness, "redis_ready", fake.redis_ready)
-    monkeypatch.setattr(readiness, "llm_ready", fake.llm_ready)
-    return fake
+    return FakeReadiness().install(monkeypatch)
 
 
 @pytest.fixture
@@ -125,6 +134,36 @@ def test_up_prints_the_endpoints_and_the_time(
         "llm-server http://127.0.0.1:8000/v1 (model model)",
         "ready in 0.1 s; stop with `invoke down`",
     ]
+
+
+def test_up_without_backend_keeps_the_backend_of_the_existing_stack(
+    tasks: ModuleType,
+    runner: ScriptedRunner,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`invoke up` brings a stack back as it was: with LLM_BACKEND=none in .env it must not
+    remove an LLM server started with --backend=llamacpp."""
+    monkeypatch.setattr(
+        tasks, "load_settings", lambda: dataclasses.replace(settings, llm_backend="none")
+    )
+    stack = ps_lines(
+        ps_entry("redis", "r1", state="exited", exit_code=137), ps_entry("llm-server", "l1")
+    )
+    runner.on(*compose_prefix(settings, "none", runner), *PS_JSON, stdout=stack)
+    runner.on(
+        *LABEL_INSPECT, stdout=f"{BASE_FILE},{paths.DOCKER_DIR / 'docker-compose.llamacpp.yml'}\n"
+    )
+
+    tasks.up(Context(), timeout=60)
+
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == (
+        "keeping backend llamacpp of the existing stack (LLM_BACKEND=none): switch with "
+        "`invoke up --backend=none`"
+    )
+    assert out[1] == "starting redis, llm-server (backend llamacpp, project kc-devenv)"
 
 
 def test_up_backend_none_prints_redis_only(
@@ -270,18 +309,25 @@ def test_ps_shows_the_table_and_summaries_of_the_running_backend(
     runner.on(*compose_prefix(settings, "llamacpp", runner), *PS_JSON, stdout=running)
     runner.on(*compose_prefix(settings, "vllm", runner), *PS_JSON, stdout=running)
     runner.on(*LABEL_INSPECT, stdout=f"{BASE_FILE},{VLLM_FILE}\n")
+    runner.on(
+        "docker", "inspect", "--format", LIMITS_FORMAT, stdout="r1 1000000000 1073741824\nl1 0 0\n"
+    )
+    runner.on("docker", "stats", stdout=STATS)
     monkeypatch.setattr(status, "redis_summary", lambda s: f"redis: summary of {s.redis_port}")
     monkeypatch.setattr(status, "llm_summary", lambda s: f"llm-server: summary of {s.port}")
 
     tasks.ps(Context())
 
     assert capsys.readouterr().out.splitlines() == [
-        "SERVICE     STATE    HEALTH   PORTS",
-        "redis       running  healthy  127.0.0.1:6379->6379",
-        "llm-server  running  healthy  127.0.0.1:8000->8000",
+        "SERVICE     STATE    HEALTH   PORTS                 CPU      MEMORY    LIMITS",
+        "redis       running  healthy  127.0.0.1:6379->6379  0.31%    3.2MiB    1 CPU, 1.0 GiB",
+        "llm-server  running  healthy  127.0.0.1:8000->8000  148.02%  301.5MiB  "
+        "no CPU limit, no memory limit",
         "redis: summary of 6379",
         "llm-server: summary of 8000",
     ]
+    stats = [argv for argv in runner.argvs if argv[:2] == ["docker", "stats"]]
+    assert stats == [["docker", "stats", "--no-stream", "--format", "{{json .}}", "r1", "l1"]]
     ps_calls = [argv for argv in runner.argvs if argv[-4:] == list(PS_JSON)]
     assert str(VLLM_FILE) in ps_calls[-1], "the table should use the running backend's files"
 
@@ -311,21 +357,98 @@ def test_ps_with_redis_alone_skips_the_llm_summary(
     assert capsys.readouterr().out.splitlines()[-1] == "redis: ok"
 
 
+def test_ps_shows_an_exited_llm_server_as_exited_with_the_way_back(
+    tasks: ModuleType,
+    runner: ScriptedRunner,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    killed = ps_lines(
+        ps_entry("redis", "r1", port=6379),
+        ps_entry("llm-server", "l1", state="exited", health="", exit_code=137),
+    )
+    runner.on(*compose_prefix(settings, "llamacpp", runner), *PS_JSON, stdout=killed)
+    runner.on(
+        *LABEL_INSPECT, stdout=f"{BASE_FILE},{paths.DOCKER_DIR / 'docker-compose.llamacpp.yml'}\n"
+    )
+    monkeypatch.setattr(status, "redis_summary", lambda s: "redis: ok")
+
+    def no_llm(s: Settings) -> str:
+        raise AssertionError("llm_summary asked of an exited server")
+
+    monkeypatch.setattr(status, "llm_summary", no_llm)
+
+    tasks.ps(Context())
+
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].split()[:3] == ["llm-server", "exited", "(137)"]
+    assert lines[3:] == [
+        "llm-server is exited (exit code 137): bring it back with `invoke up`",
+        "redis: ok",
+    ]
+
+
 # --- logs ------------------------------------------------------------------------------------
 
 
-def test_logs_streams_every_service_by_default(tasks: ModuleType, runner: ScriptedRunner) -> None:
+class FakePopen:
+    """Stands in for subprocess.Popen in `invoke logs`: records argv, prints `LINES`."""
+
+    LINES = ""
+    started: ClassVar[list[list[str]]] = []
+
+    def __init__(self, argv: list[str], **kwargs: object) -> None:
+        FakePopen.started.append(argv)
+        self.stdout = io.StringIO(self.LINES)
+        self.returncode = 0
+
+    def __enter__(self) -> FakePopen:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@pytest.fixture
+def popen(monkeypatch: pytest.MonkeyPatch) -> type[FakePopen]:
+    FakePopen.started = []
+    FakePopen.LINES = ""
+    monkeypatch.setattr(lifecycle, "POPEN", FakePopen)
+    return FakePopen
+
+
+def test_logs_streams_every_service_by_default(tasks: ModuleType, popen: type[FakePopen]) -> None:
     tasks.logs(Context())
 
-    logs = [call for call in runner.calls if "logs" in call.argv]
-    assert [call.argv[-3:] for call in logs] == [["logs", "--tail", "100"]]
-    assert logs[0].kwargs["capture"] is False
+    assert [argv[-3:] for argv in popen.started] == [["logs", "--tail", "100"]]
 
 
-def test_logs_of_one_service_followed(tasks: ModuleType, runner: ScriptedRunner) -> None:
+def test_logs_of_one_service_followed(tasks: ModuleType, popen: type[FakePopen]) -> None:
     tasks.logs(Context(), service="redis", follow=True, tail=5)
 
-    assert compose_subcommands(runner)[-1] == ["logs", "--tail", "5", "--follow", "redis"]
+    assert popen.started[0][-5:] == ["logs", "--tail", "5", "--follow", "redis"]
+
+
+def test_logs_mask_the_secrets(
+    tasks: ModuleType,
+    popen: type[FakePopen],
+    settings: Settings,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    popen.LINES = (
+        f"redis-1  | >>> 'requirepass \"{settings.llm_api_key}'\n"
+        f"llm-server-1  | key {settings.llm_api_key} seen\n"
+    )
+
+    tasks.logs(Context())
+
+    out = capsys.readouterr().out
+    assert settings.llm_api_key not in out
+    assert out.splitlines() == [
+        "redis-1  | >>> 'requirepass ********",
+        "llm-server-1  | key ******** seen",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -358,6 +481,7 @@ def test_restart_one_service_waits_and_reports(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     ready.redis = ["Redis is loading its dataset", None]
+    script_containers(runner, [inspect_entry("redis", "r1")])
 
     tasks.restart(Context(), service="redis", timeout=30)
 

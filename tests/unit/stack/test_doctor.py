@@ -90,6 +90,7 @@ def test_healthy_machine_passes_every_check(
         "ok    registry: registry mode (official base images present)",
         "ok    stack images: built",
         f"ok    model: {tmp_path / 'gguf' / 'model.gguf'} present",
+        "ok    exposure: published on 127.0.0.1 only",
         "ok    ports: free or held by this stack",
         "ok    disk: 100.0 GiB free",
         "ok    memory: 16.0 GiB available for a 3.1 MiB model",
@@ -387,3 +388,19 @@ def test_bad_env_with_the_daemon_down_reports_both(
     checks = run(docker, UserError("REDIS_PORT='x' is invalid"))
 
     assert [(c.name, c.ok) for c in checks] == [(".env", False), ("docker daemon", False)]
+
+
+def test_a_non_loopback_bind_host_without_credentials_fails_its_check(
+    make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    (tmp_path / "gguf").mkdir(exist_ok=True)
+    settings = make_settings(bind_host="0.0.0.0", gguf_dir=str(tmp_path / "gguf"))
+
+    (exposure,) = [c for c in doctor._stack_checks(settings, Docker(runner=FakeRunner()), "none")
+                   if c.name == "exposure"]  # fmt: skip
+
+    assert not exposure.ok
+    assert exposure.line() == (
+        "FAIL  exposure: BIND_HOST=0.0.0.0 publishes the stack beyond this machine, but "
+        "REDIS_PASSWORD is empty: set it in .env, or set BIND_HOST=127.0.0.1"
+    )

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+from dotenv import dotenv_values
 
 from kcdev import paths
 from kcdev.errors import UserError
@@ -29,6 +30,7 @@ from tests.unit.conftest import (
     script_containers,
 )
 
+API_KEY = "k3y-0123456789abcdef_XYZ"
 LLAMACPP_FILE = paths.DOCKER_DIR / "docker-compose.llamacpp.yml"
 VLLM_FILE = paths.DOCKER_DIR / "docker-compose.vllm.yml"
 PS_JSON = ("ps", "--all", "--format", "json")
@@ -111,10 +113,7 @@ def ports_asked(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
 
 @pytest.fixture
 def ready(monkeypatch: pytest.MonkeyPatch) -> FakeReadiness:
-    fake = FakeReadiness()
-    monkeypatch.setattr(readiness, "redis_ready", fake.redis_ready)
-    monkeypatch.setattr(readiness, "llm_ready", fake.llm_ready)
-    return fake
+    return FakeReadiness().install(monkeypatch)
 
 
 @pytest.fixture
@@ -134,8 +133,9 @@ def make_project(
     gguf, hf = model_dirs
 
     def make(backend: str = "llamacpp", *, warm: bool = True, **overrides: str) -> ComposeProject:
+        given = {"llm_api_key": API_KEY, **overrides}
         settings = make_settings(
-            gguf_dir=str(gguf), hf_dir=str(hf), build_ca_bundle="none", **overrides
+            gguf_dir=str(gguf), hf_dir=str(hf), build_ca_bundle="none", **given
         )
         project = ComposeProject(settings, backend, Docker(runner=runner))
         if warm:
@@ -380,7 +380,9 @@ def test_containers_lists_the_projects_ids_then_inspects_them_in_one_call(
 
     assert found == {
         "redis": Container("redis", "r1", "running", 0, 0, "healthy"),
-        "llm-server": Container("llm-server", LLM_ID, "restarting", 137, 2, "unhealthy"),
+        "llm-server": Container(
+            "llm-server", LLM_ID, "restarting", 137, 2, "unhealthy", backend="llamacpp"
+        ),
     }
     assert runner.argvs == [PS_PROJECT, ["docker", "inspect", "r1", LLM_ID[:12]]]
 
@@ -792,7 +794,12 @@ def test_up_failure_without_a_known_cause_quotes_compose(
             "illegal instruction: the image was built for another CPU; "
             "rebuild with `invoke build --no-cache` on this machine",
         ),
-        (137, LLM_LOG, "killed, most likely out of memory: use a smaller model or lower N_CTX"),
+        (
+            137,
+            LLM_LOG,
+            "killed, most likely out of memory: raise LLM_MEMORY / REDIS_MEMORY, or use a "
+            "smaller model or lower N_CTX",
+        ),
         (1, LLM_LOG, "check that the model is a valid file that fits in memory"),
     ],
 )
@@ -1046,6 +1053,7 @@ def test_restart_restarts_then_waits_for_readiness(
     expected: list[str],
 ) -> None:
     ready.llm = ["loading", None]
+    script_containers(runner, STARTING)
 
     took = lifecycle.restart(make_project(), service, timeout=60, say=lambda _: None)
 
@@ -1059,6 +1067,7 @@ def test_restart_failure_does_not_wait(
     make_project: MakeProject, runner: ScriptedRunner, ready: FakeReadiness
 ) -> None:
     project = make_project()
+    script_containers(runner, STARTING)
     runner.on(*compose(project, "restart"), returncode=1, stderr="no such service: llm-server\n")
 
     error = raised(lambda: lifecycle.restart(project, "llm-server", timeout=60, say=lambda _: None))
@@ -1071,6 +1080,7 @@ def test_restart_not_ready_in_time_names_the_service(
     make_project: MakeProject, runner: ScriptedRunner, ready: FakeReadiness
 ) -> None:
     ready.llm = ["LLM server does not answer (ConnectError)"]
+    script_containers(runner, STARTING)
 
     error = raised(lambda: lifecycle.restart(make_project(), None, timeout=5, say=lambda _: None))
 
@@ -1093,3 +1103,252 @@ def test_restart_reports_a_crash_seen_while_waiting(
     assert str(error).startswith("llm-server exited while starting (exit code 137): killed")
     assert compose_subcommands(runner)[0] == ["restart", "llm-server"]
     assert removals(runner) == []
+
+
+# --- the LLM server's API key ----------------------------------------------------------------
+
+
+def test_up_without_a_key_generates_one_into_env_unprinted(
+    make_project: MakeProject, ready: FakeReadiness, tmp_path: Path
+) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("# mine\nLLM_BACKEND=llamacpp\n")
+    project = make_project(llm_api_key="")
+    said: list[str] = []
+
+    lifecycle.up(project, timeout=600, say=said.append, env_file=env_file)
+
+    key = dotenv_values(env_file)["LLM_API_KEY"]
+    assert key and len(key) >= 32
+    assert project.settings.llm_api_key == key
+    assert ready.llm_keys == [key]  # the readiness probe sends it
+    assert said[0] == (
+        f"generated LLM_API_KEY into {env_file}: the LLM server answers only clients that send "
+        "it (the worker reads it from there)"
+    )
+    assert key not in "".join(said)
+    assert env_file.read_text().startswith("# mine\nLLM_BACKEND=llamacpp\n")
+
+
+def test_up_keeps_a_key_that_is_set(
+    make_project: MakeProject, ready: FakeReadiness, tmp_path: Path
+) -> None:
+    lifecycle.up(make_project(), timeout=600, say=lambda _: None, env_file=tmp_path / ".env")
+
+    assert not (tmp_path / ".env").exists()
+    assert ready.llm_keys == [API_KEY]
+
+
+def test_up_of_redis_alone_needs_no_key(make_project: MakeProject, tmp_path: Path) -> None:
+    project = make_project("none", llm_api_key="")
+
+    lifecycle.up(project, timeout=600, say=lambda _: None, env_file=tmp_path / ".env")
+
+    assert not (tmp_path / ".env").exists()
+
+
+def test_a_key_emptied_by_the_environment_is_refused_not_regenerated(
+    make_project: MakeProject, runner: ScriptedRunner, tmp_path: Path
+) -> None:
+    project = make_project(llm_api_key="")
+
+    error = raised(
+        lambda: lifecycle.ensure_api_key(
+            project, tmp_path / ".env", lambda _: None, environ={"LLM_API_KEY": ""}
+        )
+    )
+
+    assert str(error).startswith("LLM_API_KEY is empty in the environment, which overrides .env")
+    assert not (tmp_path / ".env").exists()
+
+
+def test_up_fails_and_cleans_up_when_the_server_answers_without_the_key(
+    make_project: MakeProject, runner: ScriptedRunner, ready: FakeReadiness
+) -> None:
+    """An image from before the key ignores it: the server would serve any web page."""
+    project = make_project()
+    ready.anonymous = ["it answered 200 to a request without LLM_API_KEY"]
+    script_up(runner, project, STARTING)
+
+    error = raised(lambda: lifecycle.up(project, timeout=600, say=lambda _: None))
+
+    assert str(error) == (
+        "llm-server serves clients without LLM_API_KEY (it answered 200 to a request without "
+        "LLM_API_KEY): its image predates the key; rebuild it with `invoke build` and run "
+        "`invoke up` again"
+    )
+    assert ready.anonymous_calls == [("http://127.0.0.1:8000", "model")]
+    assert removals(runner) == [["rm", "--stop", "--force", "redis", "llm-server"]]
+
+
+# --- exposure and limits checked before anything starts -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "missing"),
+    [
+        ({"bind_host": "0.0.0.0"}, "REDIS_PASSWORD is empty: set it"),
+        ({"bind_host": "0.0.0.0", "llm_api_key": ""}, "REDIS_PASSWORD is empty: set it"),
+        ({"bind_host": "192.168.1.5"}, "REDIS_PASSWORD is empty: set it"),
+    ],
+)
+def test_up_refuses_a_non_loopback_bind_host_without_credentials(
+    make_project: MakeProject,
+    runner: ScriptedRunner,
+    tmp_path: Path,
+    overrides: dict[str, str],
+    missing: str,
+) -> None:
+    project = make_project(
+        bind_host=overrides["bind_host"], llm_api_key=overrides.get("llm_api_key", API_KEY)
+    )
+
+    error = raised(
+        lambda: lifecycle.up(project, timeout=600, say=lambda _: None, env_file=tmp_path / ".env")
+    )
+
+    assert str(error) == (
+        f"BIND_HOST={overrides['bind_host']} publishes the stack beyond this machine, but "
+        f"{missing} in .env, or set BIND_HOST=127.0.0.1"
+    )
+    assert compose_subcommands(runner) == []
+
+
+def test_up_on_every_interface_with_both_credentials_starts(
+    make_project: MakeProject, runner: ScriptedRunner
+) -> None:
+    project = make_project(bind_host="0.0.0.0", redis_password="s3cret-Pa55word")
+
+    lifecycle.up(project, timeout=600, say=lambda _: None)
+
+    assert one_up_call(runner)
+
+
+def test_up_refuses_more_cpus_than_docker_has(
+    make_project: MakeProject, runner: ScriptedRunner
+) -> None:
+    runner.on("docker", "info", "--format", "{{.NCPU}}", stdout="2\n")
+    project = make_project(llm_cpus="4")
+
+    error = raised(lambda: lifecycle.up(project, timeout=600, say=lambda _: None))
+
+    assert (
+        str(error)
+        == "LLM_CPUS=4 but Docker has 2 CPUs: set LLM_CPUS to 2 or less, or empty for no limit"
+    )
+    assert compose_subcommands(runner) == []
+
+
+# --- backend switches say what they remove ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("running", "backend", "line"),
+    [
+        (
+            "llamacpp",
+            "none",
+            "removing the running llm-server (llamacpp): --backend=none runs Redis alone; "
+            "`invoke up --backend=llamacpp` brings it back",
+        ),
+        ("llamacpp", "vllm", "replacing the running llm-server (llamacpp) with vllm"),
+    ],
+)
+def test_a_backend_switch_that_removes_the_llm_server_says_so(
+    make_project: MakeProject,
+    runner: ScriptedRunner,
+    running: str,
+    backend: str,
+    line: str,
+) -> None:
+    runner.on(*RUNTIMES, stdout=NVIDIA_RUNTIMES)
+    project = make_project(backend)
+    script_up(
+        runner, project, before=[inspect_entry("redis", "r1"), inspect_entry("llm-server", "l1")]
+    )
+    said: list[str] = []
+
+    lifecycle.up(project, timeout=600, say=said.append)
+
+    assert said[0] == line
+
+
+def test_up_of_the_same_backend_says_nothing_about_switching(
+    make_project: MakeProject, runner: ScriptedRunner
+) -> None:
+    project = make_project()
+    script_up(runner, project, before=[inspect_entry("llm-server", "l1", status="exited")])
+    said: list[str] = []
+
+    lifecycle.up(project, timeout=600, say=said.append)
+
+    assert said == ["starting redis, llm-server (backend llamacpp, project kc-devenv)"]
+
+
+# --- long waits are never silent -------------------------------------------------------------
+
+
+def test_a_long_wait_says_what_it_waits_for_every_ten_seconds(
+    make_project: MakeProject, ready: FakeReadiness, clock: FakeClock
+) -> None:
+    polls = int(25 / readiness.POLL)
+    ready.llm = ["model list answered 503"] * polls + [None]
+    said: list[str] = []
+
+    lifecycle.up(make_project(), timeout=600, say=said.append)
+
+    assert said[1:] == [
+        "waiting for llm-server: model list answered 503 (10 s of 600 s)",
+        "waiting for llm-server: model list answered 503 (20 s of 600 s)",
+    ]
+
+
+# --- restart ------------------------------------------------------------------------------------
+
+
+def test_restart_without_a_stack_fails_at_once(
+    make_project: MakeProject, runner: ScriptedRunner, clock: FakeClock
+) -> None:
+    start = clock.now
+
+    error = raised(lambda: lifecycle.restart(make_project(), None, timeout=600, say=print))
+
+    assert str(error) == "stack kc-devenv is not running: start it with `invoke up`"
+    assert clock.now == start
+    assert compose_subcommands(runner) == []
+
+
+def test_restart_of_a_service_the_stack_lacks_fails_at_once(
+    make_project: MakeProject, runner: ScriptedRunner
+) -> None:
+    script_containers(runner, [inspect_entry("redis", "r1")])
+
+    error = raised(lambda: lifecycle.restart(make_project(), "llm-server", timeout=600, say=print))
+
+    assert str(error).startswith("llm-server is not part of stack kc-devenv (services: redis)")
+    assert compose_subcommands(runner) == []
+
+
+# --- secrets never reach a printed log -------------------------------------------------------
+
+
+def test_a_service_log_is_printed_with_its_secrets_masked(
+    make_project: MakeProject, runner: ScriptedRunner
+) -> None:
+    project = make_project(redis_password="s3cret-Pa55word")
+    runner.on(
+        *compose(project, "logs"),
+        stdout=(
+            "*** FATAL CONFIG FILE ERROR ***\n>>> 'requirepass \"s3cret-Pa55word'\n"
+            f"auth with {API_KEY} failed\nredis://:s3cret-Pa55word@127.0.0.1:6379/0\n"
+        ),
+    )
+
+    log = lifecycle.service_log(project, "redis")
+
+    assert "s3cret" not in log and "Pa55" not in log and API_KEY not in log
+    assert log.splitlines()[2:] == [
+        ">>> 'requirepass ********",
+        "auth with ******** failed",
+        "redis://:********@127.0.0.1:6379/0",
+    ]

@@ -205,6 +205,25 @@ def test_port_is_free_true_on_an_unused_port() -> None:
     assert preflight.port_is_free("127.0.0.1", port) is True
 
 
+def test_port_is_free_true_while_dead_connections_linger_on_it() -> None:
+    """After a server is killed, its clients' dead connections keep its port in TIME_WAIT for a
+    minute; a plain bind() then fails although nothing listens, and `up` refused to start."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        served, _ = listener.accept()
+        served.close()  # the server side closes first: its socket on `port` waits in TIME_WAIT
+        client.close()
+    with socket.socket() as plain, pytest.raises(OSError) as caught:
+        plain.bind(("127.0.0.1", port))  # the old probe's bind: proves the port lingers
+    assert caught.value.errno == errno.EADDRINUSE
+
+    assert preflight.port_is_free("127.0.0.1", port) is True
+
+
 def test_port_is_free_does_not_keep_the_port() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -379,3 +398,72 @@ def test_memory_available_none_without_proc(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(Path, "read_text", unreadable)
 
     assert preflight.memory_available() is None
+
+
+# --- exposure beyond this machine -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1"])
+def test_exposure_problem_none_on_loopback(make_settings: MakeSettings, host: str) -> None:
+    assert preflight.exposure_problem(make_settings(bind_host=host), "llamacpp") is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "backend", "missing"),
+    [
+        ({}, "llamacpp", "REDIS_PASSWORD and LLM_API_KEY are empty: set them"),
+        ({"redis_password": "s3cret-Pa55"}, "llamacpp", "LLM_API_KEY is empty: set it"),
+        ({"llm_api_key": "k3y-0123456789abcdef"}, "vllm", "REDIS_PASSWORD is empty: set it"),
+        ({}, "none", "REDIS_PASSWORD is empty: set it"),
+    ],
+)
+def test_exposure_problem_names_the_missing_credentials(
+    make_settings: MakeSettings, overrides: dict[str, str], backend: str, missing: str
+) -> None:
+    settings = make_settings(bind_host="0.0.0.0", **overrides)
+
+    assert preflight.exposure_problem(settings, backend) == (
+        f"BIND_HOST=0.0.0.0 publishes the stack beyond this machine, but {missing} in .env, "
+        "or set BIND_HOST=127.0.0.1"
+    )
+
+
+def test_exposure_problem_none_with_both_credentials(make_settings: MakeSettings) -> None:
+    settings = make_settings(
+        bind_host="0.0.0.0", redis_password="s3cret-Pa55", llm_api_key="k3y-0123456789abcdef"
+    )
+
+    assert preflight.exposure_problem(settings, "llamacpp") is None
+
+
+# --- CPU limits ---------------------------------------------------------------------------------
+
+NCPU = ("docker", "info", "--format", "{{.NCPU}}")
+
+
+def test_cpu_problems_name_each_limit_above_the_daemons_cores(
+    make_settings: MakeSettings, runner: FakeRunner, docker: Docker
+) -> None:
+    runner.on(*NCPU, stdout="2\n")
+    settings = make_settings(redis_cpus="3", llm_cpus="2.5")
+
+    assert preflight.cpu_problems(settings, "llamacpp", docker) == [
+        "REDIS_CPUS=3 but Docker has 2 CPUs: set REDIS_CPUS to 2 or less, or empty for no limit",
+        "LLM_CPUS=2.5 but Docker has 2 CPUs: set LLM_CPUS to 2 or less, or empty for no limit",
+    ]
+
+
+def test_cpu_problems_none_within_the_cores_and_for_redis_alone(
+    make_settings: MakeSettings, runner: FakeRunner, docker: Docker
+) -> None:
+    runner.on(*NCPU, stdout="2\n")
+
+    assert preflight.cpu_problems(make_settings(llm_cpus="2"), "llamacpp", docker) == []
+    assert preflight.cpu_problems(make_settings(llm_cpus="8"), "none", docker) == []
+
+
+def test_cpu_problems_ask_docker_nothing_without_limits(
+    make_settings: MakeSettings, runner: FakeRunner, docker: Docker
+) -> None:
+    assert preflight.cpu_problems(make_settings(redis_cpus=""), "llamacpp", docker) == []
+    assert runner.calls == []

@@ -10,8 +10,10 @@ import pytest
 import redis
 
 from kcdev.stack import status
+from kcdev.stack.compose import ComposeProject
+from kcdev.stack.docker_cli import Docker
 from kcdev.stack.lifecycle import ServiceState
-from tests.unit.conftest import MakeSettings
+from tests.unit.conftest import FakeRunner, MakeSettings
 
 # As llama-server (b5000-era) answers GET /metrics with --metrics.
 LLAMA_SERVER_METRICS = """\
@@ -102,18 +104,89 @@ def test_services_table_aligns_columns_and_marks_what_is_missing() -> None:
         "redis": ServiceState("redis", "r1", "running", "healthy", 0, "127.0.0.1:6379->6379"),
         "llm-server": ServiceState("llm-server", "l1", "exited", "", 139, ""),
     }
+    used = {
+        "redis": status.Usage(0.5, 512 * 1024**2, "1.02%", "3.1MiB"),
+        "llm-server": status.Usage(None, None),
+    }
 
-    assert status.services_table(states).splitlines() == [
-        "SERVICE     STATE         HEALTH   PORTS",
-        "redis       running       healthy  127.0.0.1:6379->6379",
-        "llm-server  exited (139)  -        -",
+    assert status.services_table(states, used).splitlines() == [
+        "SERVICE     STATE         HEALTH   PORTS                 CPU    MEMORY  LIMITS",
+        "redis       running       healthy  127.0.0.1:6379->6379  1.02%  3.1MiB  "
+        "0.5 CPU, 512.0 MiB",
+        "llm-server  exited (139)  -        -                     -      -       "
+        "no CPU limit, no memory limit",
     ]
 
 
 def test_services_table_shows_exit_code_only_for_exited() -> None:
     states = {"redis": ServiceState("redis", "r1", "restarting", "starting", 0, "")}
 
-    assert status.services_table(states).splitlines()[1] == "redis    restarting  starting  -"
+    row = status.services_table(states).splitlines()[1]
+
+    assert row.split() == ["redis", "restarting", "starting", "-", "-", "-", "-"]
+
+
+# --- usage: one docker inspect, one docker stats ----------------------------------------------
+
+LIMITS_FORMAT = "{{.Id}} {{.HostConfig.NanoCpus}} {{.HostConfig.Memory}}"
+
+
+def test_usage_reads_limits_and_stats_in_one_call_each(
+    make_settings: MakeSettings, runner: FakeRunner
+) -> None:
+    states = {
+        "redis": ServiceState("redis", "r1", "running", "healthy", 0, ""),
+        "llm-server": ServiceState("llm-server", "l1", "exited", "", 137, ""),
+    }
+    runner.on(
+        "docker", "inspect", "--format", LIMITS_FORMAT,
+        stdout="r1aaaa 1500000000 1073741824\nl1bbbb 0 0\n",
+    )  # fmt: skip
+    runner.on(
+        "docker", "stats",
+        stdout='{"Container":"r1","ID":"r1aaaa","CPUPerc":"2.50%","MemUsage":"9MiB / 1GiB"}\n',
+    )  # fmt: skip
+    project = ComposeProject(make_settings(), "llamacpp", Docker(runner=runner))
+
+    used = status.usage(project, states)
+
+    assert used == {
+        "redis": status.Usage(1.5, 1024**3, "2.50%", "9MiB"),
+        "llm-server": status.Usage(None, None),
+    }
+    assert runner.argvs == [
+        ["docker", "inspect", "--format", LIMITS_FORMAT, "r1", "l1"],
+        ["docker", "stats", "--no-stream", "--format", "{{json .}}", "r1"],  # running ones only
+    ]
+
+
+def test_usage_of_no_containers_asks_docker_nothing(
+    make_settings: MakeSettings, runner: FakeRunner
+) -> None:
+    project = ComposeProject(make_settings(), "none", Docker(runner=runner))
+
+    assert status.usage(project, {}) == {}
+    assert runner.calls == []
+
+
+# --- the way back -------------------------------------------------------------------------------
+
+
+def test_an_exited_service_is_shown_with_the_way_back() -> None:
+    states = {
+        "redis": ServiceState("redis", "r1", "running", "healthy", 0, ""),
+        "llm-server": ServiceState("llm-server", "l1", "exited", "", 137, ""),
+    }
+
+    assert status.way_back(states) == [
+        "llm-server is exited (exit code 137): bring it back with `invoke up`"
+    ]
+
+
+def test_running_services_need_no_way_back() -> None:
+    states = {"redis": ServiceState("redis", "r1", "running", "healthy", 0, "")}
+
+    assert status.way_back(states) == []
 
 
 # --- redis_summary ---------------------------------------------------------------------------
@@ -205,9 +278,11 @@ class FakeGet:
     def __init__(self) -> None:
         self.answer: tuple[int, str] | httpx.HTTPError = (404, "")
         self.asked: list[str] = []
+        self.headers: list[dict[str, str]] = []
 
     def __call__(self, url: str, **kwargs: Any) -> httpx.Response:
         self.asked.append(url)
+        self.headers.append(dict(kwargs.get("headers") or {}))
         assert kwargs.get("timeout"), "status must not wait forever on a hung server"
         if isinstance(self.answer, Exception):
             raise self.answer
@@ -278,3 +353,22 @@ def test_llm_summary_prints_large_counters_in_full(
     text = summary(make_settings, llm, (200, "llamacpp:tokens_predicted_total 1234567\n"))
 
     assert text == "llm-server: tokens_predicted_total=1234567"
+
+
+def test_llm_summary_sends_the_api_key(make_settings: MakeSettings, llm: FakeGet) -> None:
+    """llama-server serves /metrics only to clients with the key."""
+    llm.answer = (200, LLAMA_SERVER_METRICS)
+
+    status.llm_summary(make_settings(llm_api_key="k3y-0123456789abcdef_XYZ"))
+
+    assert llm.headers == [{"Authorization": "Bearer k3y-0123456789abcdef_XYZ"}]
+
+
+def test_llm_summary_when_the_server_has_another_key(
+    make_settings: MakeSettings, llm: FakeGet
+) -> None:
+    text = summary(make_settings, llm, (401, '{"error":{"message":"Invalid API Key"}}'))
+
+    assert text == (
+        "llm-server: refuses LLM_API_KEY (401): it runs with another key; run `invoke up`"
+    )

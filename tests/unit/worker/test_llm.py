@@ -216,3 +216,34 @@ def test_from_settings_uses_the_servers_root_and_the_timeouts(make_settings: Mak
         assert client.fallback_context == settings.n_ctx
     finally:
         client.close()
+
+
+def test_from_settings_sends_the_api_key_with_every_request(make_settings: MakeSettings) -> None:
+    seen: list[str | None] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("Authorization"))
+        return httpx.Response(200, json={"data": [{"id": "m"}]})
+
+    settings = make_settings(llm_api_key="k3y-0123456789abcdef_XYZ")
+    client = LLMClient.from_settings(settings, transport=httpx.MockTransport(server))
+    try:
+        client.models()
+    finally:
+        client.close()
+    assert seen == ["Bearer k3y-0123456789abcdef_XYZ"]
+
+
+def test_from_settings_without_a_key_sends_no_authorization(make_settings: MakeSettings) -> None:
+    seen: list[str | None] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("Authorization"))
+        return httpx.Response(200, json={"data": [{"id": "m"}]})
+
+    client = LLMClient.from_settings(make_settings(), transport=httpx.MockTransport(server))
+    try:
+        client.models()
+    finally:
+        client.close()
+    assert seen == [None]
