@@ -99,10 +99,17 @@ class LlamaCppContainer(LoopbackContainer):
     """
 
     def __init__(
-        self, image: str, flavor: str, model_dir: Path, model_file: str, **kwargs: Any
+        self,
+        image: str,
+        flavor: str,
+        model_dir: Path,
+        model_file: str,
+        key_file: Path | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(image, **kwargs)
         self.flavor = flavor
+        self.key = key_file.read_text() if key_file is not None else ""
         self.with_volume_mapping(str(model_dir), "/models", "ro")
         self.with_envs(
             LLAMA_SERVER=flavor,
@@ -111,13 +118,14 @@ class LlamaCppContainer(LoopbackContainer):
             N_PARALLEL="2",
             PORT="8000",
         )
+        wait = HttpWaitStrategy(8000, "/v1/models").for_status_code(200)
+        if key_file is not None:
+            # As compose hands the stack's key over: a file, named by LLM_API_KEY_FILE.
+            self.with_volume_mapping(str(key_file), "/run/secrets/llm_api_key", "ro")
+            self.with_env("LLM_API_KEY_FILE", "/run/secrets/llm_api_key")
+            wait = wait.with_header("Authorization", f"Bearer {self.key}")
         self.publish_on_loopback(8000)
-        self.waiting_for(
-            HttpWaitStrategy(8000, "/v1/models")
-            .for_status_code(200)
-            .with_startup_timeout(120)
-            .with_poll_interval(0.2)
-        )
+        self.waiting_for(wait.with_startup_timeout(120).with_poll_interval(0.2))
 
     @property
     def base_url(self) -> str:

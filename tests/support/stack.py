@@ -37,6 +37,11 @@ class StackUnderTest:
     def llm_url(self) -> str:
         return self.env["LLM_SERVER_URL"]
 
+    @property
+    def llm_auth(self) -> dict[str, str]:
+        """The header the stack's LLM server requires."""
+        return {"Authorization": f"Bearer {self.env['LLM_API_KEY']}"}
+
     def invoke(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "invoke", *args],
@@ -66,6 +71,8 @@ def isolated_stack(model_dir: Path, model_file: str, **overrides: str) -> Iterat
         "COMPOSE_PROJECT_NAME": f"kc-test-{secrets.token_hex(4)}",
         "REDIS_PORT": str(free_port()),
         "REDIS_PASSWORD": secrets.token_urlsafe(12),
+        # Set, so that `up` never generates one into the repository's own .env.
+        "LLM_API_KEY": secrets.token_urlsafe(24),
         "PORT": str(port),
         "LLM_SERVER_URL": f"http://127.0.0.1:{port}",
         "GGUF_DIR": str(model_dir),
