@@ -67,11 +67,12 @@ def up(
     # Without --backend, a stack that exists keeps its backend: `invoke up` brings a stopped or
     # exited service back and never removes a running LLM server unasked.
     project = _project(backend, running=True)
-    if backend is None and project.backend != project.settings.llm_backend:
+    configured = project.settings.llm_backend
+    if backend is None and project.backend != configured:
+        effect = "remove" if configured == "none" else "replace"
         say(
-            f"keeping backend {project.backend} of the existing stack (LLM_BACKEND="
-            f"{project.settings.llm_backend}): switch with `invoke up "
-            f"--backend={project.settings.llm_backend}`"
+            f"keeping backend {project.backend} of the existing stack (LLM_BACKEND={configured}): "
+            f"`invoke up --backend={configured}` would {effect} its LLM server"
         )
     took = lifecycle.up(project, timeout=wait, keep_on_failure=keep_on_failure, say=say)
     s = project.settings

@@ -22,6 +22,8 @@ TASKS = ("generate", "chat", "summarize")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # Seconds to wait for Redis and for workers to answer a ping before calling them absent.
 PROBE_TIMEOUT = 2.0
+# Seconds between two "still waiting" lines while a task runs.
+PROGRESS_EVERY = 10.0
 
 
 def worker_argv(settings: Settings, concurrency: int | str | None, loglevel: str) -> list[str]:
@@ -98,7 +100,7 @@ def ask(
     result = app.send_task(name, kwargs=kwargs)
     task_id = result.id
     say(f"sent {task} task {task_id}; waiting up to {timeout:g} s")
-    outcome = _wait(result, timeout)
+    outcome = _wait(result, timeout, say)
     seconds = time.monotonic() - start
     # Drop the result before raising: its finalizer unsubscribes from Redis, which fails noisily
     # if the exception keeps it alive until the interpreter shuts down.
@@ -119,14 +121,28 @@ class _TimedOut:
     state: str
 
 
-def _wait(result: Any, timeout: float) -> Any:
-    """The task's return value, its exception, or _TimedOut (the task then revoked)."""
+def _wait(result: Any, timeout: float, say: Callable[[str], None] = print) -> Any:
+    """The task's return value, its exception, or _TimedOut (the task then revoked).
+
+    Waits in slices of PROGRESS_EVERY seconds, saying after each what the task is doing, so a
+    long wait is never silent.
+    """
     from celery.exceptions import TimeoutError as CeleryTimeout
 
-    try:
-        return result.get(timeout=timeout, propagate=False)
-    except CeleryTimeout:
-        pass
+    started = time.monotonic()
+    deadline = started + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            return result.get(timeout=max(min(PROGRESS_EVERY, remaining), 0.01), propagate=False)
+        except CeleryTimeout:
+            if time.monotonic() >= deadline:
+                break
+            waited = time.monotonic() - started
+            say(
+                f"waiting for task {result.id}: {result.state.lower()} "
+                f"({waited:.0f} s of {timeout:g} s)"
+            )
     state = result.state
     # A task already running is stopped too: nobody waits for its answer any more.
     result.revoke(terminate=True)

@@ -18,7 +18,8 @@ from kcdev.stack.docker_cli import Docker
 from kcdev.stack.lifecycle import service_states
 from kcdev.stack.readiness import client_ready
 
-START_HINT = "start it with `invoke up --backend=none`"
+# `invoke up` keeps a running LLM server: `--backend=none` here would remove it without a word.
+START_HINT = "start it with `invoke up`"
 NOT_RUNNING = f"Redis is not running: {START_HINT}"
 
 

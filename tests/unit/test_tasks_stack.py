@@ -160,8 +160,8 @@ def test_up_without_backend_keeps_the_backend_of_the_existing_stack(
 
     out = capsys.readouterr().out.splitlines()
     assert out[0] == (
-        "keeping backend llamacpp of the existing stack (LLM_BACKEND=none): switch with "
-        "`invoke up --backend=none`"
+        "keeping backend llamacpp of the existing stack (LLM_BACKEND=none): "
+        "`invoke up --backend=none` would remove its LLM server"
     )
     assert out[1] == "starting redis, llm-server (backend llamacpp, project kc-devenv)"
 

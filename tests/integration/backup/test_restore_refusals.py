@@ -188,7 +188,7 @@ def test_redis_down_refuses_backup_and_restore(
     try:
         line = fails_in_one_line(capsys, lambda: backup(target, tmp_path, say=quiet))
         assert line.startswith(f"Redis does not answer at {target.address}")
-        assert line.endswith("start it with `invoke up --backend=none`")
+        assert line.endswith("start it with `invoke up`")
 
         line = fails_in_one_line(
             capsys, lambda: restore.restore(target, good_backup, yes=True, backups_dir=tmp_path)

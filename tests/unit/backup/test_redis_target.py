@@ -42,9 +42,7 @@ def test_target_from_a_stopped_stack_says_how_to_start_it(
 ) -> None:
     runner.default = (0, ps_output, "")
     project = ComposeProject(make_settings(), "none", docker)
-    with pytest.raises(
-        UserError, match=r"^Redis is not running: start it with `invoke up --backend=none`$"
-    ):
+    with pytest.raises(UserError, match=r"^Redis is not running: start it with `invoke up`$"):
         target_from_project(project)
 
 

@@ -1352,3 +1352,15 @@ def test_a_service_log_is_printed_with_its_secrets_masked(
         "auth with ******** failed",
         "redis://:********@127.0.0.1:6379/0",
     ]
+
+
+def test_no_hint_suggests_a_command_that_removes_a_running_service() -> None:
+    """`invoke up --backend=none` removes a running LLM server: hints for a Redis that is down
+    must say `invoke up`, which keeps the stack's backend."""
+    hints = [
+        path
+        for path in sorted((paths.ROOT / "kcdev").rglob("*.py"))
+        if "`invoke up --backend=none`" in path.read_text()
+        or "`invoke up --backend none`" in path.read_text()
+    ]
+    assert hints == []

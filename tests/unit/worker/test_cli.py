@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from kcdev.errors import UserError
-from tests.unit.conftest import MakeSettings
+from tests.unit.conftest import FakeClock, MakeSettings
+from worker import cli
 from worker.cli import ask, task_call, worker_argv
 
 
@@ -86,3 +87,57 @@ def test_a_missing_file_is_a_one_line_error(tmp_path: Path) -> None:
 def test_a_timeout_must_be_positive() -> None:
     with pytest.raises(UserError, match="--timeout=0 must be greater than 0"):
         ask("generate", "x", None, timeout=0)
+
+
+class SlowResult:
+    """A Celery AsyncResult stand-in that answers after `seconds` of a fake clock."""
+
+    def __init__(self, clock: FakeClock, seconds: float, state: str = "STARTED") -> None:
+        self.clock, self.ready_at, self.state, self.id = clock, clock.now + seconds, state, "t-1"
+        self.revoked = False
+        self.backend = self
+
+    def get(self, timeout: float, propagate: bool) -> object:
+        from celery.exceptions import TimeoutError as CeleryTimeout
+
+        if self.clock.now + timeout >= self.ready_at:
+            self.clock.now = self.ready_at
+            return {"text": "done"}
+        self.clock.now += timeout
+        raise CeleryTimeout()
+
+    def revoke(self, terminate: bool) -> None:
+        self.revoked = True
+
+    def remove_pending_result(self, result: object) -> None:
+        pass
+
+
+@pytest.fixture
+def cli_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(cli, "time", fake)
+    return fake
+
+
+def test_a_long_wait_for_an_answer_says_so_every_ten_seconds(cli_clock: FakeClock) -> None:
+    said: list[str] = []
+
+    outcome = cli._wait(SlowResult(cli_clock, 25), 600, said.append)
+
+    assert outcome == {"text": "done"}
+    assert said == [
+        "waiting for task t-1: started (10 s of 600 s)",
+        "waiting for task t-1: started (20 s of 600 s)",
+    ]
+
+
+def test_no_answer_by_the_deadline_revokes_the_task(cli_clock: FakeClock) -> None:
+    result = SlowResult(cli_clock, 100, state="PENDING")
+    said: list[str] = []
+
+    outcome = cli._wait(result, 15, said.append)
+
+    assert isinstance(outcome, cli._TimedOut) and outcome.state == "PENDING"
+    assert result.revoked
+    assert said == ["waiting for task t-1: pending (10 s of 15 s)"]
