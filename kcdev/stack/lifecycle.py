@@ -339,6 +339,7 @@ def _wait_ready(
 
 def _start_failure(project: ComposeProject, stderr: str, restarts: dict[str, int]) -> UserError:
     """Name the cause of a failed `compose up`, with the failing service's log."""
+    stderr = project.settings.redact(stderr)
     text = stderr.lower()
     if "port is already allocated" in text or "address already in use" in text:
         return UserError(
@@ -400,7 +401,9 @@ def down(project: ComposeProject, *, volumes: bool) -> None:
     args = ["down", "--remove-orphans", *(["--volumes"] if volumes else [])]
     result = project.run(*args)
     if result.returncode != 0:
-        raise UserError(f"docker compose down failed: {last_line(result.stderr)}")
+        raise UserError(
+            f"docker compose down failed: {last_line(project.settings.redact(result.stderr))}"
+        )
 
 
 def restart(
@@ -420,7 +423,9 @@ def restart(
     restarts = {c.container_id: c.restarts for c in found.values()}
     result = project.run("restart", *([service] if service else []))
     if result.returncode != 0:
-        raise UserError(f"docker compose restart failed: {last_line(result.stderr)}")
+        raise UserError(
+            f"docker compose restart failed: {last_line(project.settings.redact(result.stderr))}"
+        )
     _wait_ready(project, started + timeout, timeout, restarts, say)
     return time.monotonic() - started
 

@@ -1364,3 +1364,18 @@ def test_no_hint_suggests_a_command_that_removes_a_running_service() -> None:
         or "`invoke up --backend none`" in path.read_text()
     ]
     assert hints == []
+
+
+def test_a_compose_error_is_quoted_with_its_secrets_masked(
+    make_project: MakeProject, runner: ScriptedRunner
+) -> None:
+    project = make_project(redis_password="s3cret-Pa55word")
+    stderr = "Error response from daemon: bad value 's3cret-Pa55word' for REDIS_PASSWORD\n"
+    script_failed_up(runner, project, stderr=stderr, after=[])
+
+    error = raised(lambda: lifecycle.up(project, timeout=600, say=lambda _: None))
+
+    assert str(error) == (
+        "docker compose up failed: Error response from daemon: bad value '********' for "
+        "REDIS_PASSWORD"
+    )
