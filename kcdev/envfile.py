@@ -158,7 +158,7 @@ def set_value(env_file: Path, key: str, value: str) -> EnvChange:
     if not KEY.fullmatch(key):
         raise ValueError(f"not an environment variable name: {key!r}")
     current = read(env_file)
-    change = EnvChange(key, current.values.get(key) if key in current.values else None, value)
+    change = EnvChange(key, current.values.get(key), value)
     if not change.changed:
         return change
     text = env_file.read_text(encoding="utf-8") if current.exists else ""

@@ -32,7 +32,7 @@ REDACTED = "********"
 # Where a log line carries a secret whatever its value: a Redis config line, an HTTP header.
 SECRET_CONTEXT = re.compile(
     r"((?:requirepass|masterauth)\s+|authorization:\s*bearer\s+|api[-_]key[\"']?\s*[:=]\s*)"
-    r"[^\s,}\]]+",
+    r"[^\s,;}\]]+",
     re.IGNORECASE,
 )
 
@@ -408,10 +408,9 @@ class Settings:
         URL-encoded, or a line of it (a config file broken by a line break echoes one), and
         whatever follows `requirepass` or `Authorization: Bearer`."""
         for value in self.secrets():
-            pieces = {value, quote(value, safe=""), *re.split(r"[\r\n]+", value)}
-            for piece in sorted(pieces, key=len, reverse=True):
-                if len(piece) >= 4:
-                    text = text.replace(piece, REDACTED)
+            lines = [line for line in re.split(r"[\r\n]+", value) if len(line) >= 4]
+            for piece in sorted({value, quote(value, safe=""), *lines}, key=len, reverse=True):
+                text = text.replace(piece, REDACTED)
         return SECRET_CONTEXT.sub(lambda m: m.group(1) + REDACTED, text)
 
     def redacted(self) -> dict[str, str]:

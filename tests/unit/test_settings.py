@@ -532,3 +532,22 @@ def test_the_api_key_id_changes_with_the_key_and_does_not_show_it(
     assert one.api_key_id() != other.api_key_id()
     assert one.as_environment()["LLM_API_KEY_ID"] == one.api_key_id()
     assert make_settings().api_key_id() == ""
+
+
+def test_redact_masks_every_form_of_a_secret(make_settings: MakeSettings) -> None:
+    settings = make_settings(redis_password="p@ss w/rd", llm_api_key=API_KEY)
+    text = (
+        "auth p@ss w/rd; redis://:p%40ss%20w%2Frd@h:1/0; "
+        f"Authorization: Bearer {API_KEY}x; requirepass anything-else\n"
+    )
+
+    shown = settings.redact(text)
+
+    assert shown == (
+        "auth ********; redis://:********@h:1/0; Authorization: Bearer ********; "
+        "requirepass ********\n"
+    )
+
+
+def test_redact_masks_even_a_short_password(make_settings: MakeSettings) -> None:
+    assert make_settings(redis_password="ab1").redact("x ab1 y") == "x ******** y"
