@@ -36,7 +36,7 @@ def _project(backend: str | None = None, *, running: bool = False) -> ComposePro
     docker.ensure_daemon()
     project = ComposeProject(settings, chosen, docker)
     if running and backend is None:
-        project.backend = lifecycle.running_backend(project) or chosen
+        return project.with_backend(lifecycle.running_backend(project) or chosen)
     return project
 
 
@@ -131,7 +131,7 @@ def restart(c: Context, service: str | None = None, timeout: str = "600") -> Non
     lifecycle.check_service(service)
     wait = number("timeout", timeout, minimum=1)
     project = _project(running=True)
-    took = lifecycle.restart(project, service, timeout=wait, say=say)
+    took = lifecycle.restart(project, service, timeout=wait)
     say(f"{service or 'stack'} ready again in {took:.1f} s")
 
 
