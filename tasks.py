@@ -185,7 +185,8 @@ def fetch_model(
 ) -> None:
     """Download a model (resumable, sha256-verified) and point .env at it; default: Gemma 3 270M."""
     # Imported here: huggingface_hub adds ~0.25 s to every `invoke` command otherwise.
-    from kcdev.models.fetch import FetchRequest, ModelFetcher
+    from kcdev.models.fetch import ModelFetcher
+    from kcdev.models.plan import FetchRequest
 
     request = FetchRequest(preset, repo, file, revision, url, sha256, backend, name, allow_pickle)
     ModelFetcher(load_settings(), say=say).run(request, dry_run=dry_run, no_env=no_env)
