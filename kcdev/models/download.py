@@ -137,6 +137,10 @@ class Downloader:
         self.stall_timeout = stall_timeout
         self.notice_every = notice_every
 
+    def lock(self, dest: Path) -> contextlib.AbstractContextManager[None]:
+        """The lock on `dest`, waited for as this downloader waits (timeout, progress lines)."""
+        return hold_lock(dest, self.lock_timeout, self.say, self.notice_every)
+
     def get_json(self, url: str, headers: Mapping[str, str] | None = None) -> Any:
         """A small JSON document (an index page), as a SourceFailed on any failure."""
         try:
@@ -169,7 +173,7 @@ class Downloader:
         """
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
-            with hold_lock(dest, self.lock_timeout, self.say) if lock else contextlib.nullcontext():
+            with self.lock(dest) if lock else contextlib.nullcontext():
                 if holds(dest, digest, size):
                     return
                 transfer = _Transfer(self, url, dest, digest, size, dict(headers or {}), label)

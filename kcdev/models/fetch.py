@@ -25,7 +25,6 @@ from kcdev.models.describe import describe
 from kcdev.models.digest import Digest, hash_file
 from kcdev.models.download import Downloader, SourceFailed, ensure_free_space, make_pool
 from kcdev.models.hub import Hub, HubConfig, HubFile, select_snapshot
-from kcdev.models.lock import hold_lock
 from kcdev.models.partial import Partial
 from kcdev.models.plan import FetchRequest, FilePlan, HubSource, Plan, SnapshotPlan, plan_fetch
 from kcdev.models.sources import Sources, could_not_fetch
@@ -89,7 +88,7 @@ class ModelFetcher:
             plan = self._with_hub_checksum(plan)
         digest = plan.digest
         assert digest is not None
-        with hold_lock(plan.dest, self.downloader.lock_timeout, self.say):
+        with self.downloader.lock(plan.dest):
             if self._already_there(plan, digest):
                 self.say(f"{paths.shown(plan.dest)} is already there, {digest.algorithm} verified")
                 return
@@ -151,7 +150,7 @@ class ModelFetcher:
         chosen = select_snapshot(files, plan.repo, plan.patterns, plan.allow_pickle)
         hf_dir, name = plan.dest.parent, plan.dest.name
         staging = hf_dir / f".{name}.partial"
-        with hold_lock(plan.dest, self.downloader.lock_timeout, self.say):
+        with self.downloader.lock(plan.dest):
             if plan.dest.exists():
                 if installed.folder_is_verified(hf_dir, name, plan.repo, commit):
                     self.say(f"{paths.shown(plan.dest)} is already there, verified ({commit[:12]})")

@@ -411,6 +411,28 @@ def test_a_second_fetch_waits_for_the_lock_then_proceeds(
     assert any("another fetch of model.gguf is running: waiting" in line for line in said)
 
 
+def test_a_long_wait_for_the_lock_is_said_as_it_goes(
+    server: LocalServer, said: list[str], tmp_path: Path
+) -> None:
+    downloader = make_downloader(said, lock_timeout=10, notice_every=0.1)
+    dest = tmp_path / "model.gguf"
+    held = threading.Event()
+
+    def other_fetch() -> None:
+        with FileLock(lock_path(dest)):
+            held.set()
+            time.sleep(0.5)
+
+    other = threading.Thread(target=other_fetch)
+    other.start()
+    held.wait()
+    downloader.fetch(server.url("/model.gguf"), dest, DIGEST, size=len(CONTENT))
+    other.join()
+    waiting = [line for line in said if line.startswith("still waiting for the other fetch")]
+    assert len(waiting) >= 2
+    assert dest.read_bytes() == CONTENT
+
+
 def test_a_second_fetch_gives_up_after_the_lock_timeout(
     server: LocalServer, downloader: Downloader, tmp_path: Path
 ) -> None:
