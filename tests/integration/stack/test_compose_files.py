@@ -14,7 +14,7 @@ import pytest
 
 from kcdev.paths import ROOT
 from kcdev.settings import load_settings
-from kcdev.stack.compose import compose_files
+from kcdev.stack.compose import ComposeProject, compose_files
 from kcdev.stack.docker_cli import Docker
 from kcdev.stack.images import LLAMA_CPP_PYTHON_VERSION, LLAMACPP_IMAGE
 from tests.support.stack import free_port
@@ -39,6 +39,27 @@ def test_compose_accepts_the_files(backend: str, start_interval: bool, gpu_layer
     env = {**os.environ, **settings.as_environment()}
     result = subprocess.run([*argv, "config", "--quiet"], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("backend", "setting", "relative"),
+    [("llamacpp", "gguf_dir", "models/gguf"), ("vllm", "hf_dir", "models/hf")],
+)
+def test_invoke_mounts_the_model_folder_whether_relative_or_absolute(
+    tmp_path: Path, backend: str, setting: str, relative: str
+) -> None:
+    """What `invoke up` runs: relative means the repo's folder, absolute means itself."""
+    for value, expected in ((relative, ROOT / relative), (str(tmp_path), tmp_path)):
+        settings = load_settings(tmp_path / "absent.env", environ={}, **{setting: value})
+        project = ComposeProject(settings, backend, Docker())
+        result = subprocess.run(
+            project.argv("config", "--format", "json"), env=project.environment(),
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        (mount,) = json.loads(result.stdout)["services"]["llm-server"]["volumes"]
+        assert Path(mount["source"]).resolve() == expected.resolve()
+        assert (mount["target"], mount["read_only"]) == ("/models", True)
 
 
 # --- by hand ---------------------------------------------------------------------------------
