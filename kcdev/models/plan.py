@@ -12,7 +12,7 @@ from urllib.parse import unquote, urlsplit
 
 from kcdev.backends import LLM_BACKENDS
 from kcdev.errors import UserError
-from kcdev.models.catalog import Catalog, PypiChunks, UrlMirror
+from kcdev.models.catalog import Catalog, Mirror
 from kcdev.models.digest import Digest, check_sha256
 from kcdev.models.hub import SNAPSHOT_PATTERNS, check_repo_id, check_revision
 from kcdev.models.urls import check_url, redact
@@ -46,8 +46,10 @@ class UrlSource:
     url: str  # may carry credentials: show it only through urls.redact
 
 
-# Where one file can come from; kcdev.models.sources handles each kind.
-Source = HubSource | UrlSource | UrlMirror | PypiChunks
+# Where one file can come from: the Hub, a URL given on the command line, or a preset's mirror (a
+# new mirror kind in catalog.Mirror is one here too; mypy then points at the branches it needs in
+# kcdev.models.sources).
+Source = HubSource | UrlSource | Mirror
 
 
 @dataclass(frozen=True)
