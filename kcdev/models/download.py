@@ -143,8 +143,19 @@ class Downloader:
 
     def get_json(self, url: str, headers: Mapping[str, str] | None = None) -> Any:
         """A small JSON document (an index page), as a SourceFailed on any failure."""
+        timeout = urllib3.Timeout(connect=CONNECT_TIMEOUT, read=self.stall_timeout)
+
+        def silence(seconds: float) -> str:
+            return (
+                f"nothing from {host(url)} for {round(seconds, 1):g} s; giving up after "
+                f"{self.stall_timeout:g} s"
+            )
+
         try:
-            response = self.pool.request("GET", url, headers=dict(headers or {}))
+            with _SilenceWatch(self.say, self.notice_every, silence):
+                response = self.pool.request(
+                    "GET", url, headers=dict(headers or {}), timeout=timeout
+                )
         except urllib3.exceptions.HTTPError as exc:
             raise SourceFailed(f"cannot reach {host(url)}: {_reason(exc)}") from None
         if response.status >= 400:

@@ -264,6 +264,22 @@ def test_a_server_that_never_answers_is_said_and_given_up_on(
     assert any(line.startswith("m.gguf: nothing from ") for line in said)
 
 
+def test_a_silent_index_page_is_said_and_given_up_on(server: LocalServer, said: list[str]) -> None:
+    def silent(request: Request) -> Reply:
+        server.stopping.wait(30)
+        return Reply.json({})
+
+    server.route("/simple/pkg/", silent)
+    downloader = make_downloader(said, stall_timeout=0.5, notice_every=0.2)
+
+    started = time.monotonic()
+    with pytest.raises(SourceFailed, match=r"^cannot reach 127\.0\.0\.1:\d+: "):
+        downloader.get_json(server.url("/simple/pkg/"))
+
+    assert time.monotonic() - started < 5
+    assert any(line.startswith("nothing from 127.0.0.1:") for line in said)
+
+
 def test_no_notice_while_bytes_keep_arriving(
     server: LocalServer, said: list[str], tmp_path: Path
 ) -> None:
