@@ -131,7 +131,7 @@ def restart(c: Context, service: str | None = None, timeout: str = "600") -> Non
     lifecycle.check_service(service)
     wait = number("timeout", timeout, minimum=1)
     project = _project(running=True)
-    took = lifecycle.restart(project, service, timeout=wait)
+    took = lifecycle.restart(project, service, timeout=wait, say=say)
     say(f"{service or 'stack'} ready again in {took:.1f} s")
 
 

@@ -284,7 +284,9 @@ def down(project: ComposeProject, *, volumes: bool) -> None:
         raise UserError(f"docker compose down failed: {last_line(result.stderr)}")
 
 
-def restart(project: ComposeProject, service: str | None, *, timeout: float) -> float:
+def restart(
+    project: ComposeProject, service: str | None, *, timeout: float, say: Say = print
+) -> float:
     started = time.monotonic()
     restarts = {c.container_id: c.restarts for c in containers(project).values()}
     result = project.run("restart", *([service] if service else []))

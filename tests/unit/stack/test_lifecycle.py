@@ -1047,7 +1047,7 @@ def test_restart_restarts_then_waits_for_readiness(
 ) -> None:
     ready.llm = ["loading", None]
 
-    took = lifecycle.restart(make_project(), service, timeout=60)
+    took = lifecycle.restart(make_project(), service, timeout=60, say=lambda _: None)
 
     assert compose_subcommands(runner) == [expected]
     assert len(ready.redis_calls) == 1
@@ -1061,7 +1061,7 @@ def test_restart_failure_does_not_wait(
     project = make_project()
     runner.on(*compose(project, "restart"), returncode=1, stderr="no such service: llm-server\n")
 
-    error = raised(lambda: lifecycle.restart(project, "llm-server", timeout=60))
+    error = raised(lambda: lifecycle.restart(project, "llm-server", timeout=60, say=lambda _: None))
 
     assert str(error) == "docker compose restart failed: no such service: llm-server"
     assert ready.redis_calls == []
@@ -1072,7 +1072,7 @@ def test_restart_not_ready_in_time_names_the_service(
 ) -> None:
     ready.llm = ["LLM server does not answer (ConnectError)"]
 
-    error = raised(lambda: lifecycle.restart(make_project(), None, timeout=5))
+    error = raised(lambda: lifecycle.restart(make_project(), None, timeout=5, say=lambda _: None))
 
     assert str(error) == (
         "llm-server not ready within 5 s (LLM server does not answer (ConnectError)): "
@@ -1088,7 +1088,7 @@ def test_restart_reports_a_crash_seen_while_waiting(
     script_containers(runner, llm_crashed(137))
     runner.on(*compose(project, "logs"), stdout=LLM_LOG)
 
-    error = raised(lambda: lifecycle.restart(project, "llm-server", timeout=60))
+    error = raised(lambda: lifecycle.restart(project, "llm-server", timeout=60, say=lambda _: None))
 
     assert str(error).startswith("llm-server exited while starting (exit code 137): killed")
     assert compose_subcommands(runner)[0] == ["restart", "llm-server"]
