@@ -36,7 +36,7 @@ def _project(backend: str | None = None, *, running: bool = False) -> ComposePro
     docker.ensure_daemon()
     project = ComposeProject(settings, chosen, docker)
     if running and backend is None:
-        project.backend = lifecycle.running_backend(project) or chosen
+        return project.with_backend(lifecycle.running_backend(project) or chosen)
     return project
 
 
@@ -196,7 +196,8 @@ def fetch_model(
 ) -> None:
     """Download a model (resumable, sha256-verified) and point .env at it; default: Gemma 3 270M."""
     # Imported here: huggingface_hub adds ~0.25 s to every `invoke` command otherwise.
-    from kcdev.models.fetch import FetchRequest, ModelFetcher
+    from kcdev.models.fetch import ModelFetcher
+    from kcdev.models.plan import FetchRequest
 
     request = FetchRequest(preset, repo, file, revision, url, sha256, backend, name, allow_pickle)
     ModelFetcher(load_settings(), say=say).run(request, dry_run=dry_run, no_env=no_env)

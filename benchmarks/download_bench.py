@@ -27,7 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kcdev.models.download import Digest, Downloader, SourceFailed, hash_file, make_pool
+from kcdev.models.digest import Digest, hash_file
+from kcdev.models.download import Downloader, SourceFailed, make_pool
 from kcdev.paths import CACHE_DIR
 from tests.support.http_server import LocalServer
 

@@ -30,7 +30,8 @@ def ensure_model(settings: Settings, say: Say) -> Settings:
     """Fetch the default preset when the configured GGUF file is missing; .env then points at it."""
     if preflight.model_problem(settings, "llamacpp") is None:
         return settings
-    from kcdev.models.fetch import FetchRequest, ModelFetcher  # huggingface_hub: import when needed
+    from kcdev.models.fetch import ModelFetcher  # huggingface_hub: import when needed
+    from kcdev.models.plan import FetchRequest
 
     say("demo: the model is missing: fetching the default preset")
     ModelFetcher(settings, say=say).run(

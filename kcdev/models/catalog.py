@@ -14,8 +14,9 @@ from typing import Any
 
 from kcdev.backends import LLM_BACKENDS
 from kcdev.errors import UserError
-from kcdev.models.download import Digest, check_sha256, check_url
+from kcdev.models.digest import Digest, check_sha256
 from kcdev.models.hub import check_repo_id, check_revision
+from kcdev.models.urls import check_url
 
 PRESETS_FILE = Path(__file__).with_name("presets.toml")
 

@@ -27,7 +27,9 @@ from huggingface_hub.errors import (
 )
 
 from kcdev.errors import UserError
-from kcdev.models.download import Digest, SourceFailed, check_url
+from kcdev.models.digest import Digest
+from kcdev.models.download import SourceFailed
+from kcdev.models.urls import check_url, redact
 
 T = TypeVar("T")
 
@@ -197,7 +199,8 @@ class Hub:
             ) from None
         except RepositoryNotFoundError:
             raise SourceFailed(
-                f"{repo} not found on {self.config.endpoint} (or it is private: set HF_TOKEN)"
+                f"{repo} not found on {redact(self.config.endpoint)} "
+                "(or it is private: set HF_TOKEN)"
             ) from None
         except RevisionNotFoundError:
             raise SourceFailed(f"{repo} has no revision {revision!r}") from None
@@ -213,7 +216,8 @@ class Hub:
             # httpx2): its connection errors share no base class to name here.
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise SourceFailed(
-                f"cannot reach the Hub at {self.config.endpoint}: {type(exc).__name__} {first}"
+                f"cannot reach the Hub at {redact(self.config.endpoint)}: "
+                f"{type(exc).__name__} {first}"
             ) from None
 
 

@@ -20,7 +20,8 @@ from filelock import FileLock
 
 from kcdev import files, paths
 from kcdev.console import human_size
-from kcdev.models.download import Digest, Partial
+from kcdev.models.digest import Digest
+from kcdev.models.partial import Partial
 from kcdev.settings import Settings
 
 MANIFEST_NAME = ".kc-verified.json"
@@ -73,19 +74,11 @@ def record_folder(
     _update(directory, name, entry)
 
 
-def forget(directory: Path, name: str) -> None:
-    if name in read_manifest(directory):
-        _update(directory, name, None)
-
-
-def _update(directory: Path, name: str, entry: dict[str, Any] | None) -> None:
+def _update(directory: Path, name: str, entry: dict[str, Any]) -> None:
     """Rewrite the manifest under its own lock: fetches of different models may finish together."""
     with FileLock(directory / f"{MANIFEST_NAME}.lock"):
         manifest = read_manifest(directory)
-        if entry is None:
-            manifest.pop(name, None)
-        else:
-            manifest[name] = {**entry, "verified_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        manifest[name] = {**entry, "verified_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         tmp = manifest_path(directory).with_suffix(".json.tmp")  # one writer at a time: the lock
         tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
         os.replace(tmp, manifest_path(directory))

@@ -20,10 +20,9 @@ from urllib.parse import urljoin
 
 from kcdev.console import human_size
 from kcdev.models.catalog import PypiChunks
+from kcdev.models.digest import CHUNK, Digest
 from kcdev.models.download import (
-    CHUNK,
     ChecksumMismatch,
-    Digest,
     Downloader,
     HttpStatusError,
     SourceFailed,

@@ -1,11 +1,13 @@
 """The compose project: which files make up the stack for a backend, and the commands to drive it.
 
 The project name is fixed by COMPOSE_PROJECT_NAME, so every task finds the same containers and
-volumes again, whatever folder it runs from.
+volumes again, whatever folder it runs from. A project is a value: another backend, or a build's
+extra variables, make a new one or go with one call, so no caller sees it change under its feet.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -16,6 +18,7 @@ from kcdev import paths
 from kcdev.backends import BACKENDS, LLM_SERVER, REDIS
 from kcdev.errors import UserError
 from kcdev.settings import Settings
+from kcdev.stack import images
 from kcdev.stack.docker_cli import Docker
 from kcdev.tls import ca_bundle
 
@@ -52,28 +55,33 @@ def compose_files(settings: Settings, backend: str, *, start_interval: bool = Tr
     return files
 
 
-@dataclass
+@dataclass(frozen=True)
 class ComposeProject:
     """One backend's view of the stack: the files, the environment and the compose command."""
 
     settings: Settings
     backend: str
     docker: Docker = field(default_factory=Docker)
-    extra_env: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return self.settings.compose_project_name
 
-    def environment(self) -> dict[str, str]:
-        """The process environment plus the settings: what compose substitutes into the files."""
+    def with_backend(self, backend: str) -> ComposeProject:
+        """The same stack seen through another backend's files (the one it runs, say)."""
+        return dataclasses.replace(self, backend=check_backend(backend))
+
+    def environment(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """What compose substitutes into the files: the process environment, the settings, the
+        images' tags and versions (kcdev.stack.images, their one source), then `extra`."""
         return {
             **os.environ,
             **self.settings.as_environment(),
+            **images.compose_variables(self.settings, self.backend),
             "CA_BUNDLE_FILE": str(ca_bundle(self.settings)),
             # Compose 2.40 prefers Bake, which needs buildx; the daemon's BuildKit does the job.
             "COMPOSE_BAKE": "false",
-            **self.extra_env,
+            **(extra or {}),
         }
 
     def argv(self, *args: str) -> list[str]:
@@ -86,15 +94,26 @@ class ComposeProject:
         return [*argv, *args]
 
     def run(
-        self, *args: str, capture: bool = True, timeout: float | None = None
+        self,
+        *args: str,
+        capture: bool = True,
+        timeout: float | None = None,
+        extra_env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         return self.docker.runner(
-            self.argv(*args), env=self.environment(), capture=capture, timeout=timeout
+            self.argv(*args), env=self.environment(extra_env), capture=capture, timeout=timeout
         )
 
-    def build(self, services: Sequence[str], *, no_cache: bool = False) -> None:
+    def build(
+        self,
+        services: Sequence[str],
+        *,
+        no_cache: bool = False,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
+        """Build the services' images; `extra_env` carries the build's base images and flags."""
         args = ["build", *(["--no-cache"] if no_cache else []), *services]
-        result = self.run(*args, capture=False)
+        result = self.run(*args, capture=False, extra_env=extra_env)
         if result.returncode != 0:
             raise UserError(
                 f"image build failed (exit {result.returncode}): see the build output above; "

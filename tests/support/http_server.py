@@ -1,13 +1,15 @@
 """A local HTTP file server whose misbehaviours the tests switch on, one request at a time.
 
 Real servers and CDNs resume with Range, ignore it, change a file under its ETag, drop the
-connection half-way, serve the wrong bytes, or crawl; the download code has to cope with each, so
-this server does each on demand. It binds 127.0.0.1 only and serves files from memory or, for the
-benchmark's gigabyte, from disk with `socket.sendfile` so that it is never the bottleneck.
+connection half-way, stop sending without closing it, serve the wrong bytes, or crawl; the
+download code has to cope with each, so this server does each on demand. It binds 127.0.0.1 only
+and serves files from memory or, for the benchmark's gigabyte, from disk with `socket.sendfile`
+so that it is never the bottleneck.
 
     with LocalServer() as server:
         server.add("/model.gguf", b"...", etag='"v1"')
         server.cut_next("/model.gguf", after=1000)   # the next GET of it stops after 1000 bytes
+        server.stall_next("/model.gguf", after=1000, seconds=10)  # ... then sends nothing for 10 s
         url = server.url("/model.gguf")
 """
 
@@ -42,6 +44,8 @@ class Resource:
     status: int | None = None  # answer this status (401, 404, ...) instead of the file
     bytes_per_second: float | None = None  # throttle the body
     cuts: list[int] = field(default_factory=list)  # per GET, in order: stop after N body bytes
+    # per GET, in order: after N body bytes send nothing for S seconds (connection open), then close
+    stalls: list[tuple[int, float]] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)  # per GET, in order: answer this instead
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -101,6 +105,7 @@ class LocalServer:
         self.routes: list[tuple[re.Pattern[str], Route]] = []
         self.log: list[Served] = []
         self._lock = threading.Condition()
+        self.stopping = threading.Event()  # releases stalled answers when the server stops
         self._in_flight = 0  # requests being answered: the log is complete when this is 0
         self._httpd = _QuietServer(("127.0.0.1", 0), _make_handler(self))
         self._httpd.daemon_threads = True
@@ -115,6 +120,7 @@ class LocalServer:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self.stopping.set()
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join()
@@ -139,6 +145,11 @@ class LocalServer:
     def cut_next(self, path: str, after: int) -> None:
         """Make the next GET of `path` close the connection after `after` body bytes."""
         self.resources[path].cuts.append(after)
+
+    def stall_next(self, path: str, after: int, seconds: float) -> None:
+        """Make the next GET of `path` go silent after `after` body bytes for `seconds`, the
+        connection left open, as a server that hangs mid-transfer; then it closes."""
+        self.resources[path].stalls.append((after, seconds))
 
     def requests_for(self, path: str) -> list[Served]:
         """The requests for `path` so far, once those being answered are finished."""
@@ -247,10 +258,18 @@ def _make_handler(server: LocalServer) -> type[http.server.BaseHTTPRequestHandle
             self.send_header("Content-Length", str(size - offset))
             self.end_headers()
             count = size - offset
+            silence = 0.0
             if send_body and self.command == "GET" and resource.cuts:
                 count = min(count, resource.cuts.pop(0))
                 self.close_connection = True
+            elif send_body and self.command == "GET" and resource.stalls:
+                after, silence = resource.stalls.pop(0)
+                count = min(count, after)
+                self.close_connection = True
             sent = self._send_body(resource, offset, count) if send_body else 0
+            if silence:
+                self.wfile.flush()
+                _sleep_unless_stopped(server, silence)
             server.record(Served(self.command, path, headers, 200 if start is None else 206, sent))
 
         def _send_body(self, resource: Resource, offset: int, count: int) -> int:
@@ -279,6 +298,11 @@ def _make_handler(server: LocalServer) -> type[http.server.BaseHTTPRequestHandle
             return sent
 
     return Handler
+
+
+def _sleep_unless_stopped(server: LocalServer, seconds: float) -> None:
+    """Hold the connection silent for `seconds`, or until the server is shut down."""
+    server.stopping.wait(seconds)
 
 
 def _range_start(headers: dict[str, str], resource: Resource) -> int | None:

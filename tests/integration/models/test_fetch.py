@@ -18,9 +18,10 @@ import pytest
 from kcdev import tls
 from kcdev.models.catalog import load_catalog
 from kcdev.models.download import Downloader, make_pool
-from kcdev.models.fetch import FetchRequest, ModelFetcher
+from kcdev.models.fetch import ModelFetcher
 from kcdev.models.hub import Hub, HubConfig
 from kcdev.models.installed import file_is_verified
+from kcdev.models.plan import FetchRequest
 from kcdev.settings import load_settings
 
 pytestmark = [

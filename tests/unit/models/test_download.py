@@ -9,27 +9,27 @@ import hashlib
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from filelock import FileLock
 
 from kcdev.errors import UserError
+from kcdev.models import download
+from kcdev.models.digest import Digest, check_sha256
 from kcdev.models.download import (
+    STALL_TIMEOUT,
     ChecksumMismatch,
-    Digest,
     Downloader,
     HttpStatusError,
-    Partial,
     SourceFailed,
-    check_sha256,
-    check_url,
-    hold_lock,
-    lock_path,
     make_pool,
 )
-from tests.support.http_server import LocalServer, loopback_only
+from kcdev.models.lock import NOTICE_EVERY, hold_lock, lock_path
+from kcdev.models.partial import Partial
+from kcdev.models.urls import check_url
+from tests.support.http_server import LocalServer, Reply, Request, loopback_only
 
 CONTENT = random.Random(4).randbytes(300_000)
 DIGEST = Digest.sha256(hashlib.sha256(CONTENT).hexdigest())
@@ -168,7 +168,7 @@ def test_a_size_other_than_expected_stops_before_the_body(
 def test_a_slow_server_is_waited_for(server: LocalServer, said: list[str], tmp_path: Path) -> None:
     dest = tmp_path / "model.gguf"
     server.resources["/model.gguf"].bytes_per_second = 1_000_000  # 0.3 s for the file
-    slow = Downloader(make_pool(read_timeout=2), say=said.append, progress=False, attempts=1)
+    slow = Downloader(make_pool(), say=said.append, progress=False, attempts=1, stall_timeout=2)
     slow.fetch(server.url("/model.gguf"), dest, DIGEST, size=len(CONTENT))
     assert dest.read_bytes() == CONTENT
 
@@ -178,13 +178,126 @@ def test_a_stalling_server_keeps_what_arrived_for_the_next_run(
 ) -> None:
     dest = tmp_path / "model.gguf"
     server.resources["/model.gguf"].bytes_per_second = 16384 / 1.0  # 16 KiB, then 1 s silence
-    stalling = Downloader(
-        make_pool(read_timeout=0.4), say=said.append, progress=False, attempts=2, backoff=0
-    )
+    stalling = make_downloader(said, attempts=2, stall_timeout=0.4)
     with pytest.raises(SourceFailed, match="run again to resume"):
         stalling.fetch(server.url("/model.gguf"), dest, DIGEST, size=len(CONTENT))
     assert 0 < Partial(dest).size() < len(CONTENT)
     assert not dest.exists()
+
+
+# --- a server that stops sending ----------------------------------------------------------------
+
+
+def test_the_limits_are_those_promised() -> None:
+    """A stall is given up on within 30 s, and no wait stays silent for more than 10 s."""
+    assert download.STALL_TIMEOUT <= 30
+    assert NOTICE_EVERY <= 10
+    downloader = Downloader(make_pool())
+    assert (downloader.stall_timeout, downloader.notice_every) == (STALL_TIMEOUT, NOTICE_EVERY)
+
+
+def test_a_server_that_stops_sending_is_noticed_said_and_resumed(
+    server: LocalServer, said: list[str], tmp_path: Path
+) -> None:
+    """The server goes silent (connection open) for 30 s after 100 KB: the stall is noticed
+    within the stall limit, said while waited for, and the next attempt resumes from the partial."""
+    dest = tmp_path / "model.gguf"
+    server.stall_next("/model.gguf", after=100_000, seconds=30)
+    downloader = make_downloader(said, stall_timeout=0.6, notice_every=0.2)
+
+    started = time.monotonic()
+    downloader.fetch(server.url("/model.gguf"), dest, DIGEST, size=len(CONTENT))
+
+    assert time.monotonic() - started < 5  # not the 30 s the server would have kept silent
+    assert dest.read_bytes() == CONTENT
+    # The stalled answer is still hanging on the server's side: only the resumed one is logged.
+    (resumed,) = [served for served in server.log if served.path == "/model.gguf"]
+    assert (resumed.headers["range"], resumed.status) == ("bytes=100000-", 206)
+    assert resumed.body_bytes == len(CONTENT) - 100_000
+    host = server.base_url.removeprefix("http://")
+    notices = [line for line in said if line.startswith(f"model.gguf: nothing from {host} for ")]
+    assert len(notices) >= 2  # every notice_every seconds while it is silent
+    assert "(97.7 KiB of 293.0 KiB so far); resuming after 0.6 s of silence" in notices[0]
+    assert any(
+        line.startswith(f"model.gguf: stalled: nothing from {host} for 0.6 s; resuming from 97.7")
+        for line in said
+    )
+
+
+def test_a_server_that_keeps_stalling_is_reported_in_one_line_keeping_the_partial(
+    server: LocalServer, said: list[str], tmp_path: Path
+) -> None:
+    dest = tmp_path / "model.gguf"
+    server.stall_next("/model.gguf", after=50_000, seconds=30)
+    server.stall_next("/model.gguf", after=50_000, seconds=30)
+    downloader = make_downloader(said, attempts=2, stall_timeout=0.3, notice_every=0.1)
+
+    with pytest.raises(SourceFailed) as caught:
+        downloader.fetch(server.url("/model.gguf"), dest, DIGEST, size=len(CONTENT))
+
+    host = server.base_url.removeprefix("http://")
+    assert str(caught.value) == (
+        f"model.gguf: stalled: nothing from {host} for 0.3 s (2 attempts); "
+        "97.7 KiB kept: run again to resume"
+    )
+    assert Partial(dest).size() == 100_000
+    assert not dest.exists()
+
+
+def test_a_server_that_never_answers_is_said_and_given_up_on(
+    server: LocalServer, said: list[str], tmp_path: Path
+) -> None:
+    """Silence before the first byte (no status line) counts too."""
+
+    def silent(request: Request) -> Reply:
+        server.stopping.wait(30)
+        return Reply(500)
+
+    server.route("/silent.gguf", silent)
+    downloader = make_downloader(said, attempts=1, stall_timeout=0.5, notice_every=0.2)
+
+    started = time.monotonic()
+    with pytest.raises(SourceFailed, match=r"stalled: nothing from .* for 0\.5 s \(1 attempts\)"):
+        downloader.fetch(server.url("/silent.gguf"), tmp_path / "m.gguf", DIGEST)
+
+    assert time.monotonic() - started < 5
+    assert any(line.startswith("m.gguf: nothing from ") for line in said)
+
+
+def test_a_silent_index_page_is_said_and_given_up_on(server: LocalServer, said: list[str]) -> None:
+    def silent(request: Request) -> Reply:
+        server.stopping.wait(30)
+        return Reply.json({})
+
+    server.route("/simple/pkg/", silent)
+    downloader = make_downloader(said, stall_timeout=0.5, notice_every=0.2)
+
+    started = time.monotonic()
+    with pytest.raises(SourceFailed, match=r"^cannot reach 127\.0\.0\.1:\d+: "):
+        downloader.get_json(server.url("/simple/pkg/"))
+
+    assert time.monotonic() - started < 5
+    assert any(line.startswith("nothing from 127.0.0.1:") for line in said)
+
+
+def test_no_notice_while_bytes_keep_arriving(
+    server: LocalServer, said: list[str], tmp_path: Path
+) -> None:
+    server.resources["/model.gguf"].bytes_per_second = 1_000_000  # 0.3 s, 16 KiB every 16 ms
+    downloader = make_downloader(said, stall_timeout=2, notice_every=0.1)
+    downloader.fetch(server.url("/model.gguf"), tmp_path / "model.gguf", DIGEST)
+    assert not any("nothing from" in line for line in said)
+
+
+def test_an_unwritable_destination_is_one_line(
+    server: LocalServer, said: list[str], tmp_path: Path, unwritable: Callable[[Path], None]
+) -> None:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    unwritable(folder)
+    with pytest.raises(UserError, match=r"^cannot write .*: make .* writable") as caught:
+        make_downloader(said).fetch(server.url("/model.gguf"), folder / "m.gguf", DIGEST)
+    assert "\n" not in str(caught.value)
 
 
 def test_transient_server_errors_are_retried(
@@ -314,6 +427,28 @@ def test_a_second_fetch_waits_for_the_lock_then_proceeds(
     assert any("another fetch of model.gguf is running: waiting" in line for line in said)
 
 
+def test_a_long_wait_for_the_lock_is_said_as_it_goes(
+    server: LocalServer, said: list[str], tmp_path: Path
+) -> None:
+    downloader = make_downloader(said, lock_timeout=10, notice_every=0.1)
+    dest = tmp_path / "model.gguf"
+    held = threading.Event()
+
+    def other_fetch() -> None:
+        with FileLock(lock_path(dest)):
+            held.set()
+            time.sleep(0.5)
+
+    other = threading.Thread(target=other_fetch)
+    other.start()
+    held.wait()
+    downloader.fetch(server.url("/model.gguf"), dest, DIGEST, size=len(CONTENT))
+    other.join()
+    waiting = [line for line in said if line.startswith("still waiting for the other fetch")]
+    assert len(waiting) >= 2
+    assert dest.read_bytes() == CONTENT
+
+
 def test_a_second_fetch_gives_up_after_the_lock_timeout(
     server: LocalServer, downloader: Downloader, tmp_path: Path
 ) -> None:
@@ -344,7 +479,11 @@ def test_sha256_is_normalised_to_lower_case() -> None:
     assert check_sha256("A" * 64) == "a" * 64
 
 
-@pytest.mark.parametrize("bad", ["ftp://host/x", "not a url", "http://", "http://host:99999/x"])
+@pytest.mark.parametrize(
+    "bad",
+    ["ftp://host/x", "not a url", "http://", "http://host:99999/x", "http://[::1/x.gguf"],
+)
 def test_malformed_urls_are_refused_in_one_line(bad: str) -> None:
-    with pytest.raises(UserError, match="--url="):
+    with pytest.raises(UserError, match="--url=") as caught:
         check_url(bad)
+    assert "\n" not in str(caught.value)

@@ -7,10 +7,12 @@ leaves 127.0.0.1: a guard refuses any other connection or name lookup.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import random
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +23,13 @@ from filelock import FileLock
 
 from kcdev.errors import UserError
 from kcdev.models.catalog import Catalog, PypiChunks, load_catalog
-from kcdev.models.download import Digest, Downloader, lock_path, make_pool
-from kcdev.models.fetch import FetchRequest, ModelFetcher
+from kcdev.models.digest import Digest
+from kcdev.models.download import Downloader, make_pool
+from kcdev.models.fetch import ModelFetcher
 from kcdev.models.hub import Hub, HubConfig
 from kcdev.models.installed import file_is_verified, folder_is_verified, read_manifest
+from kcdev.models.lock import lock_path
+from kcdev.models.plan import FetchRequest
 from kcdev.settings import Settings
 from tests.support.http_server import LocalServer, loopback_only
 from tests.support.hub_standin import HubStandin
@@ -75,11 +80,12 @@ class World:
         attempts: int = 3,
         free: Any = None,
         environ: dict[str, str] | None = None,
+        stall_timeout: float = 30,
     ) -> ModelFetcher:
         options: dict[str, Any] = {"free": free} if free else {}
         downloader = Downloader(
             make_pool(), say=self.said.append, progress=False, attempts=attempts, backoff=0,
-            lock_timeout=0.3, **options,
+            lock_timeout=0.3, stall_timeout=stall_timeout, notice_every=0.2, **options,
         )  # fmt: skip
         return ModelFetcher(
             self.settings, say=self.said.append, downloader=downloader,
@@ -448,6 +454,8 @@ def test_the_vllm_preset_is_the_default_for_backend_vllm(world: World) -> None:
         (FetchRequest(repo="a/b", backend="vllm", file="x"), "a vllm model is the repo's snapshot"),
         (FetchRequest(url="https://h/m.gguf", sha256="0" * 64, backend="vllm"), "vllm models"),
         (FetchRequest(repo="a/b", file="m.gguf", revision="has space"), "--revision="),
+        (FetchRequest(url="http://[::1/x.gguf", sha256="0" * 64), "is not a valid URL"),
+        (FetchRequest(url="https://u:pw@h:x/m.gguf", sha256="0" * 64), "'https://***@h:x/m.gguf'"),
     ],
 )
 def test_bad_input_is_refused_in_one_line_before_any_traffic(
@@ -460,3 +468,147 @@ def test_bad_input_is_refused_in_one_line_before_any_traffic(
     assert world.server.log == []
     assert world.nothing_written()
     assert world.env_file.read_text() == ENV
+
+
+# --- hostile input and hostile machines: one line each -------------------------------------------
+
+PASSWORD = "s3cr3t-Pa55"
+
+
+def everything_written(world: World) -> str:
+    """Every file under the models folders and the cache, as text: what could leak to disk."""
+    return "\n".join(
+        path.read_text(errors="replace")
+        for folder in (world.gguf, world.hf, world.tmp / "cache")
+        if folder.is_dir()
+        for path in folder.rglob("*")
+        if path.is_file() and not path.name.endswith(".gguf")
+    )
+
+
+def test_credentials_in_a_url_are_sent_but_never_shown_or_stored(world: World) -> None:
+    world.server.add("/files/m.gguf", CONTENT)
+    url = world.server.url("/files/m.gguf").replace("http://", f"http://alice:{PASSWORD}@")
+    request = FetchRequest(url=url, sha256=SHA256)
+    world.server.cut_next("/files/m.gguf", after=50_000)
+    with pytest.raises(UserError) as caught:  # interrupted: the partial and its sidecar stay
+        world.fetch(request, attempts=1)
+    assert PASSWORD not in str(caught.value) and "alice" not in str(caught.value)
+    assert PASSWORD not in everything_written(world)
+
+    world.fetch(request, dry_run=True)
+    world.fetch(request)
+
+    assert (world.gguf / "m.gguf").read_bytes() == CONTENT
+    assert "http://***@127.0.0.1:" in world.text()
+    assert PASSWORD not in world.text() and "alice" not in world.text()
+    assert PASSWORD not in everything_written(world)
+    assert PASSWORD not in world.env_file.read_text()
+    token = base64.b64encode(f"alice:{PASSWORD}".encode()).decode()
+    sent = world.server.requests_for("/files/m.gguf")
+    assert {r.headers.get("authorization") for r in sent} == {f"Basic {token}"}
+
+
+@pytest.mark.parametrize("status", [401, 404])
+def test_credentials_stay_out_of_error_lines(world: World, status: int) -> None:
+    world.server.add("/files/m.gguf", CONTENT, status=status)
+    url = world.server.url("/files/m.gguf").replace("http://", f"http://alice:{PASSWORD}@")
+    with pytest.raises(UserError) as caught:
+        world.fetch(FetchRequest(url=url, sha256=SHA256))
+    message = str(caught.value)
+    assert message.startswith("could not fetch m.gguf from http://***@127.0.0.1:")
+    assert f"answered HTTP {status}" in message
+    assert PASSWORD not in message + world.text() + everything_written(world)
+
+
+def test_a_gguf_dir_that_is_a_file_is_one_line(world: World, make_settings: MakeSettings) -> None:
+    in_the_way = world.tmp / "not-a-folder"
+    in_the_way.write_text("a file")
+    world.settings = make_settings(gguf_dir=str(in_the_way))
+    world.server.add("/files/m.gguf", CONTENT)
+    request = FetchRequest(url=world.server.url("/files/m.gguf"), sha256=SHA256)
+
+    for dry_run in (True, False):
+        with pytest.raises(UserError) as caught:
+            world.fetch(request, dry_run=dry_run)
+        assert str(caught.value) == (
+            f"GGUF_DIR={in_the_way}: {in_the_way} is a file, not a folder: "
+            "point GGUF_DIR at a folder, or move the file away"
+        )
+    assert in_the_way.read_text() == "a file"
+    assert world.server.log == []
+    assert world.env_file.read_text() == ENV
+
+
+def test_a_gguf_dir_inside_a_file_is_one_line(world: World, make_settings: MakeSettings) -> None:
+    (world.tmp / "file").write_text("")
+    world.settings = make_settings(gguf_dir=str(world.tmp / "file" / "gguf"))
+    with pytest.raises(UserError, match=r"file is a file, not a folder: point GGUF_DIR at"):
+        world.fetch(FetchRequest(url=world.server.url("/files/m.gguf"), sha256=SHA256))
+
+
+@pytest.mark.parametrize("backend", ["llamacpp", "vllm"])
+def test_a_destination_that_cannot_be_written_is_one_line_before_any_download(
+    world: World, unwritable: Callable[[Path], None], backend: str
+) -> None:
+    world.server.add("/files/m.gguf", CONTENT)
+    world.hub.add_repo("Qwen/Tiny-Instruct", SNAPSHOT)
+    folder, setting = (world.gguf, "GGUF_DIR") if backend == "llamacpp" else (world.hf, "HF_DIR")
+    unwritable(folder)
+    request = (
+        FetchRequest(url=world.server.url("/files/m.gguf"), sha256=SHA256)
+        if backend == "llamacpp"
+        else FetchRequest(repo="Qwen/Tiny-Instruct", backend="vllm")
+    )
+
+    for dry_run in (True, False):
+        with pytest.raises(UserError) as caught:
+            world.fetch(request, dry_run=dry_run)
+        message = str(caught.value)
+        assert message.startswith(f"cannot write to {folder} ({setting}): ")
+        assert message.endswith(f"writable for this user, or point {setting} at another folder")
+        assert "\n" not in message
+    assert not any("/resolve/" in r.path or r.path.startswith("/files/") for r in world.server.log)
+    assert world.env_file.read_text() == ENV
+
+
+def test_an_env_that_cannot_be_written_leaves_the_model_and_says_what_to_set(
+    world: World, unwritable: Callable[[Path], None]
+) -> None:
+    world.server.add("/files/m.gguf", CONTENT)
+    unwritable(world.env_file)
+
+    with pytest.raises(UserError) as caught:
+        world.fetch(FetchRequest(url=world.server.url("/files/m.gguf"), sha256=SHA256))
+
+    message = str(caught.value)
+    assert message.startswith(f"{world.gguf / 'm.gguf'} is in place, but {world.env_file} cannot")
+    assert message.endswith("set MODEL_PATH=/models/m.gguf in it by hand")
+    assert "\n" not in message
+    assert (world.gguf / "m.gguf").read_bytes() == CONTENT
+    assert file_is_verified(world.gguf, "m.gguf", Digest.sha256(SHA256))
+    assert "fetched m.gguf from" in world.text()
+    assert world.env_file.read_text() == ENV
+
+
+def test_an_env_that_is_a_folder_leaves_the_model_and_says_what_to_set(world: World) -> None:
+    world.server.add("/files/m.gguf", CONTENT)
+    world.env_file.unlink()
+    world.env_file.mkdir()
+    with pytest.raises(UserError, match=r"set MODEL_PATH=/models/m\.gguf in it by hand$"):
+        world.fetch(FetchRequest(url=world.server.url("/files/m.gguf"), sha256=SHA256))
+    assert (world.gguf / "m.gguf").read_bytes() == CONTENT
+
+
+def test_a_stalling_server_is_resumed_and_said(world: World) -> None:
+    world.server.add("/files/m.gguf", CONTENT)
+    world.server.stall_next("/files/m.gguf", after=40_000, seconds=30)
+
+    started = time.monotonic()
+    world.fetch(FetchRequest(url=world.server.url("/files/m.gguf"), sha256=SHA256),
+                stall_timeout=0.6)  # fmt: skip
+
+    assert time.monotonic() - started < 5
+    assert (world.gguf / "m.gguf").read_bytes() == CONTENT
+    assert "m.gguf: nothing from 127.0.0.1:" in world.text()
+    assert "stalled: nothing from 127.0.0.1:" in world.text()

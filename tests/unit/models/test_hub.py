@@ -9,7 +9,8 @@ import huggingface_hub.constants
 import pytest
 
 from kcdev.errors import UserError
-from kcdev.models.download import Digest, SourceFailed
+from kcdev.models.digest import Digest
+from kcdev.models.download import SourceFailed
 from kcdev.models.hub import (
     DEFAULT_ENDPOINT,
     Hub,

@@ -6,7 +6,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from kcdev.models.download import Digest, Partial
+from kcdev.models.digest import Digest
 from kcdev.models.installed import (
     file_is_verified,
     folder_is_verified,
@@ -16,6 +16,7 @@ from kcdev.models.installed import (
     record_folder,
     report,
 )
+from kcdev.models.partial import Partial
 from tests.unit.conftest import MakeSettings
 
 DATA = b"GGUF" + b"\0" * 2044

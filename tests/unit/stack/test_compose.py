@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from kcdev import paths
 from kcdev.backends import BACKENDS
 from kcdev.errors import UserError
+from kcdev.stack import images
 from kcdev.stack.compose import (
     BASE_FILE,
     GPU_FILE,
@@ -216,27 +218,52 @@ def test_environment_settings_beat_process_environment(
 
 
 def test_environment_extra_env_wins(make_settings: MakeSettings) -> None:
-    project = ComposeProject(
-        make_settings(),
-        "llamacpp",
-        Docker(runner=FakeRunner()),
-        extra_env={"REDIS_PORT": "7000", "PYTHON_BASE_IMAGE": "base:local"},
-    )
+    project = ComposeProject(make_settings(), "llamacpp", Docker(runner=FakeRunner()))
 
-    env = project.environment()
+    env = project.environment({"REDIS_PORT": "7000", "PYTHON_BASE_IMAGE": "base:local"})
 
     assert env["REDIS_PORT"] == "7000"
     assert env["PYTHON_BASE_IMAGE"] == "base:local"
+    assert "PYTHON_BASE_IMAGE" not in project.environment()  # nothing stuck to the project
+
+
+@pytest.mark.parametrize(
+    ("backend", "accel", "variant", "tag"),
+    [
+        ("llamacpp", "cpu", "cuda", ("LLAMACPP_IMAGE", images.LLAMACPP_IMAGE)),
+        ("llamacpp", "cuda", "cuda", ("LLAMACPP_IMAGE", images.LLAMACPP_IMAGE + "-cuda")),
+        ("vllm", "cpu", "cpu", ("VLLM_IMAGE", images.VLLM_CPU_IMAGE)),
+        ("vllm", "cpu", "cuda", ("VLLM_IMAGE", images.VLLM_IMAGE)),
+    ],
+)
+def test_every_command_gets_the_image_tags_and_versions(
+    make_settings: MakeSettings,
+    modern_runner: FakeRunner,
+    backend: str,
+    accel: str,
+    variant: str,
+    tag: tuple[str, str],
+) -> None:
+    """Not only builds: `up` of an image built earlier must run the tag the settings ask for
+    (the CUDA build, say), not the compose file's by-hand default."""
+    settings = make_settings(llamacpp_accel=accel, vllm_variant=variant)
+    project = ComposeProject(settings, backend, Docker(runner=modern_runner))
+
+    project.run("up", "--detach")
+
+    env = modern_runner.calls_starting("docker", "compose", "--project-name")[-1].env
+    assert env is not None
+    assert env[tag[0]] == tag[1]
+    assert env["REDIS_IMAGE"] == images.REDIS_IMAGE
+    assert {k: env[k] for k in images.VERSION_ARGS} == images.VERSION_ARGS
 
 
 def test_run_passes_argv_env_and_capture(
     make_settings: MakeSettings, modern_runner: FakeRunner
 ) -> None:
-    project = ComposeProject(
-        make_settings(), "none", Docker(runner=modern_runner), extra_env={"X_EXTRA": "1"}
-    )
+    project = ComposeProject(make_settings(), "none", Docker(runner=modern_runner))
 
-    project.run("ps", "--quiet", timeout=5)
+    project.run("ps", "--quiet", timeout=5, extra_env={"X_EXTRA": "1"})
 
     call = modern_runner.calls_starting("docker", "compose", "--project-name")[-1]
     assert call.argv[-2:] == ["ps", "--quiet"]
@@ -244,16 +271,38 @@ def test_run_passes_argv_env_and_capture(
     assert call.kwargs == {"capture": True, "timeout": 5}
 
 
+def test_a_project_cannot_be_changed_after_it_is_made(make_settings: MakeSettings) -> None:
+    project = ComposeProject(make_settings(), "none", Docker(runner=FakeRunner()))
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        project.backend = "llamacpp"  # type: ignore[misc]
+
+
+def test_with_backend_is_a_new_project_checked_for_its_backend(
+    make_settings: MakeSettings, modern_runner: FakeRunner
+) -> None:
+    project = ComposeProject(make_settings(), "none", Docker(runner=modern_runner))
+
+    other = project.with_backend("llamacpp")
+
+    assert (project.backend, other.backend) == ("none", "llamacpp")
+    assert other.docker is project.docker and other.settings is project.settings
+    assert str(LLAMACPP_FILE) in other.argv("ps")
+    with pytest.raises(UserError, match="unknown backend 'tgi'"):
+        project.with_backend("tgi")
+
+
 def test_build_streams_output_and_passes_no_cache(
     make_settings: MakeSettings, modern_runner: FakeRunner
 ) -> None:
     project = ComposeProject(make_settings(), "none", Docker(runner=modern_runner))
 
-    project.build(["redis"], no_cache=True)
+    project.build(["redis"], no_cache=True, extra_env={"REDIS_BASE_IMAGE": "base:local"})
 
     call = modern_runner.calls_starting("docker", "compose", "--project-name")[-1]
     assert call.argv[-3:] == ["build", "--no-cache", "redis"]
     assert call.kwargs["capture"] is False
+    assert call.env is not None and call.env["REDIS_BASE_IMAGE"] == "base:local"
 
 
 def test_build_failure_raises_user_error_with_exit_code(

@@ -20,7 +20,7 @@ API_VERSION = ("docker", "version", "--format", "{{.Server.APIVersion}}")
 DAEMON = ("docker", "info", "--format", "{{.ServerVersion}}")
 COMPOSE_V2 = ("docker", "compose", "version", "--short")
 COMPOSE_V1 = ("docker-compose", "version", "--short")
-MANIFEST = ("docker", "manifest", "inspect", images.REDIS_BASE)
+PULL = ("docker", "pull", "--quiet", images.REDIS_BASE)
 INSPECT = ("docker", "image", "inspect", "--format", "{{.Id}}")
 RUNTIMES = ("docker", "info", "--format", "{{json .Runtimes}}")
 MODEL_BYTES = 3 * GIB // 1000  # a 3 MB stand-in: sizes are only compared, never allocated
@@ -85,9 +85,9 @@ def test_healthy_machine_passes_every_check(
     assert lines == [
         "ok    .env: values valid",
         "ok    docker daemon: engine 27.3.1 answers",
-        "ok    compose: v2.40.3, supports up --wait",
+        "ok    compose: v2.40.3",
         "ok    healthcheck start_interval: supported (Engine 25+)",
-        "ok    registry: registry mode (official base images present)",
+        "ok    registry: registry mode, official base images present",
         "ok    stack images: built",
         f"ok    model: {tmp_path / 'gguf' / 'model.gguf'} present",
         "ok    exposure: published on 127.0.0.1 only",
@@ -130,7 +130,8 @@ def test_compose_v1_only_fails_the_compose_check(
     compose = by_name(run(docker, settings()))["compose"]
 
     assert not compose.ok
-    assert compose.message.startswith("only v1 (1.29.2): `up --wait` needs compose v2")
+    assert compose.message.startswith("only v1 (1.29.2): the tasks need compose v2")
+    assert "--wait" not in compose.message  # `up` no longer uses it: the reason must be true
 
 
 def test_no_compose_at_all_fails_and_stops(
@@ -170,8 +171,8 @@ def test_forced_image_source_does_not_probe_the_registry(
 ) -> None:
     checks = by_name(run(docker, settings(image_source=source)))
 
-    assert checks["registry"].line() == f"ok    registry: {source} mode (IMAGE_SOURCE={source})"
-    assert [argv for argv in runner.argvs if argv[:2] == ["docker", "manifest"]] == []
+    assert checks["registry"].line() == f"ok    registry: {source} mode, IMAGE_SOURCE={source}"
+    assert [argv for argv in runner.argvs if argv[:2] == ["docker", "pull"]] == []
 
 
 def test_auto_image_source_without_registry_is_local_mode_with_the_reason(
@@ -179,7 +180,7 @@ def test_auto_image_source_without_registry_is_local_mode_with_the_reason(
 ) -> None:
     runner.on(*INSPECT, images.PYTHON_BASE, returncode=1)
     runner.on(
-        *MANIFEST,
+        *PULL,
         returncode=1,
         stderr="Get https://registry-1.docker.io/v2/: dial tcp: lookup registry-1.docker.io: "
         "no such host\n",
@@ -188,7 +189,7 @@ def test_auto_image_source_without_registry_is_local_mode_with_the_reason(
     checks = by_name(run(docker, settings()))
 
     assert checks["registry"].message == (
-        "local mode (Get https://registry-1.docker.io/v2/: dial tcp: "
+        "local mode, no registry (Get https://registry-1.docker.io/v2/: dial tcp: "
         "lookup registry-1.docker.io: no such host)"
     )
     assert checks["base images"].line() == f"ok    base images: {images.LOCAL_BASE} present"
@@ -201,9 +202,34 @@ def test_auto_image_source_with_registry_has_no_base_image_check(
     runner.on(*INSPECT, images.PYTHON_BASE, returncode=1)
     checks = by_name(run(docker, settings()))
 
-    assert checks["registry"].message == "registry mode (registry reachable)"
+    assert checks["registry"].message == f"registry mode, pulled {images.REDIS_BASE}"
     assert "base images" not in checks
-    assert list(MANIFEST) in runner.argvs
+    assert list(PULL) in runner.argvs
+
+
+def test_doctor_asks_the_registry_through_the_probe_the_build_uses(
+    docker: Docker,
+    runner: FakeRunner,
+    settings: Callable[..., Settings],
+    host: object,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runner.on(*INSPECT, images.PYTHON_BASE, returncode=1)
+    probed: list[Docker] = []
+
+    def probe(asked: Docker) -> tuple[bool, str]:
+        probed.append(asked)
+        return False, "no registry (the one probe)"
+
+    monkeypatch.setattr(images, "probe_registry", probe)
+
+    checks = by_name(run(docker, settings()))
+
+    assert probed == [docker]
+    assert checks["registry"].message == "local mode, no registry (the one probe)"
+    assert [
+        argv for argv in runner.argvs if argv[:2] in (["docker", "pull"], ["docker", "manifest"])
+    ] == []
 
 
 def test_local_mode_without_the_base_image_fails_with_invoke_build(
@@ -234,7 +260,7 @@ def test_missing_stack_images_fail_naming_them(
 def test_doctor_agrees_with_up_when_official_bases_are_present_offline(
     docker: Docker, runner: FakeRunner, settings: Callable[..., Settings], host: object
 ) -> None:
-    runner.on(*MANIFEST, returncode=1, stderr="no such host\n")
+    runner.on(*PULL, returncode=1, stderr="no such host\n")
     runner.on(*INSPECT, images.LOCAL_BASE, returncode=1)
     runner.on(*INSPECT, images.LLAMACPP_IMAGE, returncode=1)  # so `up` would build
 
@@ -373,11 +399,11 @@ def test_bad_env_fails_its_line_and_skips_the_checks_that_need_settings(
     assert [c.line() for c in checks] == [
         "FAIL  .env: N_CTX='abc' (from .env) is invalid: not a whole number; fix it in .env",
         "ok    docker daemon: engine 27.3.1 answers",
-        "ok    compose: v2.40.3, supports up --wait",
+        "ok    compose: v2.40.3",
         "ok    healthcheck start_interval: supported (Engine 25+)",
         "FAIL  remaining checks: skipped: fix .env first",
     ]
-    assert [argv for argv in runner.argvs if argv[:2] == ["docker", "manifest"]] == []
+    assert [argv for argv in runner.argvs if argv[:2] == ["docker", "pull"]] == []
 
 
 def test_bad_env_with_the_daemon_down_reports_both(

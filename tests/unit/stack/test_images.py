@@ -7,8 +7,10 @@ import re
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from kcdev import backends, paths
 from kcdev.errors import UserError
@@ -123,7 +125,6 @@ def test_plan_vllm_cpu_in_local_mode_builds_on_the_local_base(
 
     env = images.plan(settings, docker, "vllm", environ={}).environment
 
-    assert env["VLLM_IMAGE"] == VLLM_CPU_IMAGE
     assert env["PYTHON_BASE_IMAGE"] == LOCAL_BASE
     assert env["PIP_EXTRA_INDEX_URL"] == ""
 
@@ -136,7 +137,6 @@ def test_plan_vllm_cpu_in_registry_mode_builds_on_the_official_python(
     env = images.plan(settings, docker, "vllm", environ={}).environment
 
     assert env["PYTHON_BASE_IMAGE"] == PYTHON_BASE
-    assert env["VLLM_IMAGE"] == VLLM_CPU_IMAGE
 
 
 def test_plan_vllm_cpu_hands_the_build_only_indexes_it_can_reach(
@@ -160,7 +160,7 @@ def test_plan_vllm_cuda_in_registry_mode_needs_no_torch_index(
 
     env = images.plan(settings, docker, "vllm").environment
 
-    assert env["VLLM_IMAGE"] == VLLM_IMAGE
+    assert env["CUDA_BASE_IMAGE"] == images.VLLM_CUDA_BASE
     assert "PIP_EXTRA_INDEX_URL" not in env
 
 
@@ -184,9 +184,8 @@ def test_plan_local_mode_uses_the_local_base_for_both(
         source="local",
         reason="IMAGE_SOURCE=local",
         environment={
-            "REDIS_IMAGE": REDIS_IMAGE,
-            "LLAMACPP_IMAGE": LLAMACPP_IMAGE,
             "PYTHON_BASE_IMAGE": LOCAL_BASE,
+            "CUDA_BASE_IMAGE": images.VLLM_CUDA_BASE,
             "REDIS_BASE_IMAGE": LOCAL_BASE,
             "GGML_CMAKE_ARGS": "",
         },
@@ -203,7 +202,6 @@ def test_plan_registry_mode_uses_the_official_bases(
     assert env["PYTHON_BASE_IMAGE"] == PYTHON_BASE
     assert env["REDIS_BASE_IMAGE"] == REDIS_BASE
     assert env["GGML_CMAKE_ARGS"] == ""
-    assert env["LLAMACPP_IMAGE"] == LLAMACPP_IMAGE
 
 
 def test_plan_registry_cuda_uses_the_cuda_base_and_flags(
@@ -216,18 +214,15 @@ def test_plan_registry_cuda_uses_the_cuda_base_and_flags(
     assert env["PYTHON_BASE_IMAGE"] == CUDA_BASE
     assert env["REDIS_BASE_IMAGE"] == REDIS_BASE
     assert "-DGGML_CUDA=on" in env["GGML_CMAKE_ARGS"]
-    assert env["LLAMACPP_IMAGE"] == LLAMACPP_IMAGE + "-cuda"
 
 
-def test_plan_for_none_names_only_the_redis_image(
-    make_settings: MakeSettings, docker: Docker
+def test_compose_variables_for_none_name_only_the_redis_image(
+    make_settings: MakeSettings,
 ) -> None:
-    settings = make_settings(image_source="local", build_ca_bundle="none")
-
-    env = images.plan(settings, docker, "none").environment
+    env = images.compose_variables(make_settings(), "none")
 
     assert env["REDIS_IMAGE"] == REDIS_IMAGE
-    assert "LLAMACPP_IMAGE" not in env
+    assert "LLAMACPP_IMAGE" not in env and "VLLM_IMAGE" not in env
 
 
 # --- ensure_images ---------------------------------------------------------------------------
@@ -304,7 +299,10 @@ def test_ensure_images_builds_a_missing_image_in_local_mode(
     assert env["PYTHON_BASE_IMAGE"] == LOCAL_BASE
     assert env["REDIS_BASE_IMAGE"] == LOCAL_BASE
     assert env["CA_BUNDLE_FILE"] == str(EMPTY_CA_BUNDLE)
+    assert env["LLAMACPP_IMAGE"] == LLAMACPP_IMAGE
+    assert env["LLAMA_CPP_PYTHON_VERSION"] == images.LLAMA_CPP_PYTHON_VERSION
     assert build[0].kwargs["capture"] is False
+    assert "PYTHON_BASE_IMAGE" not in project.environment()  # the build's, not the project's
 
 
 def test_ensure_images_in_registry_mode_skips_the_local_base(
@@ -643,19 +641,77 @@ def test_ensure_images_for_vllm_cpu_without_torch_builds_nothing(
     assert local_base_calls == []
 
 
-def _default_after(pattern: str, path: Path) -> str:
-    found = re.search(pattern, path.read_text())
-    assert found is not None, f"{pattern!r} not in {path}"
-    return found.group(1)
+# --- one source for versions and tags ---------------------------------------------------------
+
+# Each LLM image: its compose file (the service's build), its Dockerfile, the version argument.
+LLM_IMAGES = [
+    ("docker-compose.llamacpp.yml", "Dockerfile.llamacpp", "LLAMA_CPP_PYTHON_VERSION"),
+    ("vllm/variant-cpu.yml", "Dockerfile.vllm-cpu", "VLLM_CPU_VERSION"),
+    ("vllm/variant-cuda.yml", "Dockerfile.vllm", "VLLM_VERSION"),
+]
+TAGS = {
+    "LLAMA_CPP_PYTHON_VERSION": LLAMACPP_IMAGE,
+    "VLLM_CPU_VERSION": VLLM_CPU_IMAGE,
+    "VLLM_VERSION": VLLM_IMAGE,
+}
 
 
-def test_vllm_versions_and_tags_agree_with_docker_files() -> None:
-    """The tags `invoke` checks for are the ones compose builds, of the versions installed."""
-    docker_dir = paths.DOCKER_DIR
-    cpu_version = _default_after(r"ARG VLLM_CPU_VERSION=(\S+)", docker_dir / "Dockerfile.vllm-cpu")
-    cuda_version = _default_after(r"ARG VLLM_VERSION=(\S+)", docker_dir / "Dockerfile.vllm")
-    cpu_tag = _default_after(r"\$\{VLLM_IMAGE:-(\S+)\}", docker_dir / "vllm" / "variant-cpu.yml")
-    cuda_tag = _default_after(r"\$\{VLLM_IMAGE:-(\S+)\}", docker_dir / "vllm" / "variant-cuda.yml")
+def by_hand(value: str) -> str:
+    """A compose value as compose interpolates it with none of the variables set: the defaults
+    (`${VAR:-default}`, nested ones included, innermost first)."""
+    pattern = re.compile(r"\$\{[A-Z0-9_]+(?::?-([^${}]*))?\}")
+    while (found := pattern.search(value)) is not None:
+        value = value[: found.start()] + (found.group(1) or "") + value[found.end() :]
+    return value
 
-    assert (cpu_version, cpu_tag) == (images.VLLM_CPU_VERSION, VLLM_CPU_IMAGE)
-    assert (cuda_version, cuda_tag) == (images.VLLM_VERSION, VLLM_IMAGE)
+
+def llm_service(compose_file: str) -> dict[str, Any]:
+    data = yaml.safe_load((paths.DOCKER_DIR / compose_file).read_text())
+    return dict(data["services"]["llm-server"])
+
+
+@pytest.mark.parametrize(("compose_file", "dockerfile", "arg"), LLM_IMAGES)
+def test_the_tag_and_the_installed_version_come_from_one_constant(
+    make_settings: MakeSettings, compose_file: str, dockerfile: str, arg: str
+) -> None:
+    """A bump in images.py moves both the tag and what the build installs; nothing else holds a
+    version that counts, and the compose files' by-hand defaults are the same."""
+    version = images.VERSION_ARGS[arg]
+    assert TAGS[arg].endswith(f":{version}")
+
+    service = llm_service(compose_file)
+    passed = service["build"]["args"][arg]
+    assert re.fullmatch(rf"\$\{{{arg}:-[^}}]+\}}", passed), "compose must pass the variable"
+    assert by_hand(passed) == version
+    assert by_hand(service["image"]) == TAGS[arg]
+
+    text = (paths.DOCKER_DIR / dockerfile).read_text()
+    assert re.search(rf"^ARG {arg}$", text, re.MULTILINE), f"{dockerfile}: ARG {arg} has a default"
+    assert version not in text, f"{dockerfile} holds a copy of the version that could lie"
+
+    backend = "llamacpp" if arg == "LLAMA_CPP_PYTHON_VERSION" else "vllm"
+    variant = "cpu" if arg == "VLLM_CPU_VERSION" else "cuda"
+    env = images.compose_variables(make_settings(vllm_variant=variant), backend)
+    assert env[arg] == version
+    assert TAGS[arg] in env.values()
+
+
+@pytest.mark.parametrize(
+    ("compose_file", "dockerfile", "arg", "base"),
+    [
+        ("docker-compose.llamacpp.yml", "Dockerfile.llamacpp", "PYTHON_BASE_IMAGE", PYTHON_BASE),
+        ("vllm/variant-cpu.yml", "Dockerfile.vllm-cpu", "PYTHON_BASE_IMAGE", PYTHON_BASE),
+        ("vllm/variant-cuda.yml", "Dockerfile.vllm", "CUDA_BASE_IMAGE", images.VLLM_CUDA_BASE),
+    ],
+)
+def test_the_base_image_defaults_are_the_official_bases_of_images_py(
+    compose_file: str, dockerfile: str, arg: str, base: str
+) -> None:
+    assert by_hand(llm_service(compose_file)["build"]["args"][arg]) == base
+    text = (paths.DOCKER_DIR / dockerfile).read_text()
+    assert re.search(rf"^ARG {arg}=(\S+)$", text, re.MULTILINE).group(1) == base  # type: ignore[union-attr]
+
+
+def test_by_hand_interpolation_reads_nested_defaults() -> None:
+    assert by_hand("${A:-x:${B:-1.2}}") == "x:1.2"
+    assert by_hand("${A:-}${B}") == ""
