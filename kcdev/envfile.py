@@ -50,6 +50,16 @@ class EnvFile:
     exists: bool = False
 
 
+class EnvFileError(UserError):
+    """`.env` cannot be read or written. The message says why and what to do; `problem` says why
+    in a few words, for callers that give their own fix (fetch-model: the model is installed,
+    only .env is not updated)."""
+
+    def __init__(self, message: str, problem: str) -> None:
+        super().__init__(message)
+        self.problem = problem
+
+
 def read(path: Path) -> EnvFile:
     """The file's assignments; empty when it does not exist; UserError when it is unusable."""
     text = _read_text(path)
@@ -59,10 +69,8 @@ def read(path: Path) -> EnvFile:
     for binding in parse_stream(io.StringIO(text)):
         line = _line_of(binding)
         if binding.error:
-            raise UserError(
-                f"{shown(path)} line {line} is not KEY=value: {_parse_problem(binding)} "
-                "(see .env.sample)"
-            )
+            problem = f"line {line} is not KEY=value: {_parse_problem(binding)}"
+            raise EnvFileError(f"{shown(path)} {problem} (see .env.sample)", problem)
         if binding.key is not None:
             lines[binding.key] = line
     values = dotenv_values(stream=io.StringIO(text))
@@ -76,32 +84,39 @@ def _read_text(path: Path) -> str | None:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         if path.is_symlink():
-            raise UserError(
+            raise EnvFileError(
                 f"{shown(path)} is a symlink to {os.readlink(path)}, which does not exist: "
-                "restore that file, or replace the link with a file"
+                "restore that file, or replace the link with a file",
+                "a symlink to a file that does not exist",
             ) from None
         return None
     except OSError as exc:
-        raise UserError(f"cannot open {shown(path)} ({_reason(exc)}): {_FIX_ACCESS}") from None
+        raise EnvFileError(
+            f"cannot open {shown(path)} ({_reason(exc)}): {_FIX_ACCESS}", _reason(exc)
+        ) from None
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise UserError(
+            raise EnvFileError(
                 f"{shown(path)} is {_kind(mode)}, not a file: move it away and write the "
-                "settings into a file of that name (cp .env.sample .env)"
+                "settings into a file of that name (cp .env.sample .env)",
+                f"it is {_kind(mode)}",
             )
         with os.fdopen(fd, "rb", closefd=False) as stream:
             data = stream.read()
     except OSError as exc:
-        raise UserError(f"cannot read {shown(path)} ({_reason(exc)}): {_FIX_ACCESS}") from None
+        raise EnvFileError(
+            f"cannot read {shown(path)} ({_reason(exc)}): {_FIX_ACCESS}", _reason(exc)
+        ) from None
     finally:
         os.close(fd)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise UserError(
-            f"{shown(path)} line {line} is not UTF-8 text: save the file as UTF-8"
+        raise EnvFileError(
+            f"{shown(path)} line {line} is not UTF-8 text: save the file as UTF-8",
+            f"line {line} is not UTF-8 text",
         ) from None
 
 
@@ -172,9 +187,10 @@ def set_value(env_file: Path, key: str, value: str) -> EnvChange:
             export=exported is not None, follow_symlinks=True,
         )  # fmt: skip
     except OSError as exc:
-        raise UserError(
+        raise EnvFileError(
             f"cannot write {shown(env_file)} ({_reason(exc)}): make it writable, "
-            f"or set {key} there yourself"
+            f"or set {key} there yourself",
+            _reason(exc),
         ) from None
     return change
 

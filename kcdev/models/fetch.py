@@ -17,7 +17,7 @@ from pathlib import Path
 
 from kcdev import paths, tls
 from kcdev.console import Say, human_size
-from kcdev.envfile import set_value
+from kcdev.envfile import EnvFileError, set_value
 from kcdev.errors import UserError
 from kcdev.models import folders, installed, pypi_mirror
 from kcdev.models.catalog import Catalog, load_catalog
@@ -190,10 +190,11 @@ class ModelFetcher:
         key, value = plan.env
         try:
             change = set_value(env_file, key, value)
-        except OSError as exc:
+        except (OSError, EnvFileError) as exc:
+            reason = exc.problem if isinstance(exc, EnvFileError) else exc.strerror or str(exc)
             raise UserError(
                 f"{paths.shown(plan.dest)} is in place, but {paths.shown(env_file)} cannot be "
-                f"written ({exc.strerror or exc}): set {key}={value} in it by hand"
+                f"written ({reason}): set {key}={value} in it by hand"
             ) from None
         self.say(change.describe(env_file))
         if key in self.environ and self.environ[key] != value:

@@ -130,12 +130,12 @@ def ensure_api_key(
     env_file: Path,
     say: Say = print,
     environ: Mapping[str, str] = os.environ,
-) -> None:
+) -> ComposeProject:
     """An LLM server always requires a key: when LLM_API_KEY is empty, generate one into `.env`
-    (so the worker and every later task read the same) and use it from now on. The key is never
-    printed."""
+    (so the worker and every later task read the same); returns the project using it. The key
+    is never printed."""
     if project.backend == "none" or project.settings.llm_api_key:
-        return
+        return project
     if "LLM_API_KEY" in environ:
         raise UserError(
             "LLM_API_KEY is empty in the environment, which overrides .env: unset it "
@@ -143,10 +143,12 @@ def ensure_api_key(
         )
     key = secrets.token_urlsafe(32)
     envfile.set_value(env_file, "LLM_API_KEY", key)
-    project.settings = dataclasses.replace(project.settings, llm_api_key=key)
     say(
         f"generated LLM_API_KEY into {paths.shown(env_file)}: the LLM server answers only "
         "clients that send it (the worker reads it from there)"
+    )
+    return dataclasses.replace(
+        project, settings=dataclasses.replace(project.settings, llm_api_key=key)
     )
 
 
@@ -222,7 +224,7 @@ def up(
     `env_file` receives a generated LLM_API_KEY when there is none.
     """
     started = time.monotonic()
-    ensure_api_key(project, env_file, say)
+    project = ensure_api_key(project, env_file, say)
     problems = preflight_problems(project)
     if problems:
         raise UserError(problems[0])

@@ -50,7 +50,7 @@ def test_invoke_mounts_the_model_folder_whether_relative_or_absolute(
 ) -> None:
     """What `invoke up` runs: relative means the repo's folder, absolute means itself."""
     for value, expected in ((relative, ROOT / relative), (str(tmp_path), tmp_path)):
-        settings = load_settings(tmp_path / "absent.env", environ={}, **{setting: value})
+        settings = load_settings(tmp_path / "absent.env", environ={setting.upper(): value})
         project = ComposeProject(settings, backend, Docker())
         result = subprocess.run(
             project.argv("config", "--format", "json"), env=project.environment(),

@@ -1120,7 +1120,6 @@ def test_up_without_a_key_generates_one_into_env_unprinted(
 
     key = dotenv_values(env_file)["LLM_API_KEY"]
     assert key and len(key) >= 32
-    assert project.settings.llm_api_key == key
     assert ready.llm_keys == [key]  # the readiness probe sends it
     assert said[0] == (
         f"generated LLM_API_KEY into {env_file}: the LLM server answers only clients that send "
