@@ -100,6 +100,9 @@ def test_the_by_hand_config_with_the_sample_settings_mounts_the_repos_models(
     assert service["build"]["args"]["LLAMA_CPP_PYTHON_VERSION"] == LLAMA_CPP_PYTHON_VERSION
 
 
+KEY = secrets.token_urlsafe(24)
+
+
 @pytest.fixture
 def sample_model() -> Iterator[str]:
     """A tiny model in the repo's models/gguf/, where the sample settings look; removed after."""
@@ -125,11 +128,16 @@ def test_the_by_hand_up_with_the_sample_settings_serves_the_model(
         SAMPLE.read_text()
         + f"\nREDIS_PORT={free_port()}\nPORT={port}\nMODEL_PATH=/models/{sample_model}\n"
         + "N_CTX=512\nN_PARALLEL=1\n"
+        # As the README says: by hand, the key `invoke up` would generate is set first.
+        + f"LLM_API_KEY={KEY}\n"
     )
     try:
         up = compose_by_hand(project, env_file, "up", "-d", "--wait", "--wait-timeout", "180")
         assert up.returncode == 0, up.stderr
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10) as answer:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {KEY}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
             served = [m["id"] for m in json.load(answer)["data"]]
         assert served == [sample_model.removesuffix(".gguf")]
     finally:
