@@ -25,7 +25,11 @@ from kcdev.stack.docker_cli import Docker, Runner, last_line, run_subprocess
 
 # Official bases (registry mode). Bookworm everywhere, so both modes run the same Debian release.
 PYTHON_BASE = "python:3.11-slim-bookworm"
-REDIS_BASE = "redis:7.4-bookworm"
+# Redis is Debian bookworm's package in both modes (docker/Dockerfile.redis), so both run the same
+# series and write the same RDB format: the official redis:7.4 image wrote RDB 12, which the
+# registry-less image's 7.0 could not read.
+REDIS_BASE = "debian:bookworm-slim"
+REDIS_SERIES = "7.0"
 CUDA_BASE = "nvidia/cuda:12.6.3-devel-ubuntu22.04"
 
 # The local base (registry-less mode): what the official bases provide, from Debian's packages.
@@ -40,7 +44,7 @@ LOCAL_BASE_PACKAGES = (
 )
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
-REDIS_IMAGE = "kc-devenv/redis:7.4"
+REDIS_IMAGE = f"kc-devenv/redis:{REDIS_SERIES}"
 LLAMACPP_IMAGE = f"kc-devenv/llamacpp:{LLAMA_CPP_PYTHON_VERSION}"
 VLLM_VERSION = "0.33.0"
 VLLM_IMAGE = f"kc-devenv/vllm:{VLLM_VERSION}"
