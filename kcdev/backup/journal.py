@@ -54,6 +54,9 @@ from kcdev.stack.docker_cli import Docker, last_line
 
 SCRIPT = "kc-redis-journal"
 LABEL = "kc-devenv.restore-volume"  # on every container a restore starts: how to find leftovers
+# The image carries compose's labels (compose built it); a throwaway container must not pass for
+# one of the stack's own in a `--filter label=...` of the project.
+NOT_COMPOSE = ["--label", "com.docker.compose.project=", "--label", "com.docker.compose.service="]
 LOCK_DIR = paths.CACHE_DIR / "restore-locks"
 BACKUP_IN_CONTAINER = "/kc-restore/backup.rdb"
 
@@ -135,7 +138,7 @@ class Journal:
     def _throwaway(self, command: str, user: str, extra: list[str]) -> list[str]:
         name = f"kc-redis-{command}-{secrets.token_hex(4)}"
         return [
-            "run", "--rm", "--name", name, "--label", f"{LABEL}={self.volume}",
+            "run", "--rm", "--name", name, "--label", f"{LABEL}={self.volume}", *NOT_COMPOSE,
             "--network", "none", "--user", user,
             "--mount", f"type=volume,source={self.volume},target={DATA_DIR}",
             *extra, *holdpoints.docker_env(), "--entrypoint", SCRIPT, self.image,

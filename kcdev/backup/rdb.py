@@ -104,8 +104,10 @@ def check_rdb(docker: Docker, image: str, path: Path, timeout: float = 1800) -> 
     would use, works while Redis is stopped, and takes nothing from the server's container. It
     runs as our own user so it reads the file with the permissions we have (backups are 0600).
     """
+    # Not one of the stack's containers: the image carries compose's project labels.
     result = docker.run(
         "run", "--rm", "--network", "none", "--user", f"{os.getuid()}:{os.getgid()}",
+        "--label", "com.docker.compose.project=", "--label", "com.docker.compose.service=",
         "--mount", bind_mount(path, "/kc-check/dump.rdb"),
         "--entrypoint", "redis-check-rdb", image, "/kc-check/dump.rdb",
         timeout=timeout,
