@@ -43,8 +43,11 @@ class RedisReady(WaitStrategy):
     """Ready when Redis answers with the password *and* is not loading a dataset.
 
     PING alone would pass while Redis is still loading (it answers LOADING), which is exactly the
-    window in which a test's first command fails.
+    window in which a test's first command fails. Giving up, it says why in the container's own
+    words: the last lines of its log (a start script's refusal, a crash) end the error.
     """
+
+    LOG_LINES = 20
 
     def __init__(self, password: str) -> None:
         super().__init__()
@@ -69,9 +72,23 @@ class RedisReady(WaitStrategy):
                 client.close()
             container.reload()
             if container.status in ("exited", "dead"):
-                break
+                raise TimeoutError(
+                    f"Redis container {container.status} before it was ready "
+                    f"({last_error}){self._log_tail(container)}"
+                )
             time.sleep(self._poll_interval)
-        raise TimeoutError(f"Redis not ready within {self._startup_timeout:.0f} s: {last_error}")
+        raise TimeoutError(
+            f"Redis not ready within {self._startup_timeout:.0f} s ({last_error})"
+            f"{self._log_tail(container)}"
+        )
+
+    def _log_tail(self, container: WaitStrategyTarget) -> str:
+        try:
+            stdout, stderr = container.get_logs()
+        except Exception as exc:  # the log is a courtesy: never hide the real error behind it
+            return f"; no log ({exc})"
+        lines = (stdout + stderr).decode(errors="replace").splitlines()[-self.LOG_LINES :]
+        return "; its log ends:\n" + "\n".join(lines) if lines else "; its log is empty"
 
 
 class RedisContainer(LoopbackContainer):

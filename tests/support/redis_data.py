@@ -94,7 +94,10 @@ def contents(server: Any, dbs: tuple[int, ...] = (0, 1)) -> Contents:
     """Every live key of `dbs` (on a container with `.client(db=...)`) with type, value, expiry."""
     found: Contents = {}
     for db in dbs:
-        client: redis.Redis = server.client(db=db, decode_responses=True)
+        # Text where it is text; binary values compare as the same escaped bytes.
+        client: redis.Redis = server.client(
+            db=db, decode_responses=True, encoding_errors="surrogateescape"
+        )
         try:
             keys = sorted(client.scan_iter(count=1000))
             pipe = client.pipeline(transaction=False)
