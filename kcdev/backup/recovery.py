@@ -61,6 +61,9 @@ def settle(project: ComposeProject, say: Say) -> None:
     )
     try:
         status = journal.status()
+    except JournalError:
+        return  # an image from before the journal: no restore of it can be unfinished
+    try:
         if not (status.active or status.outcome):
             return
         journal.remove_leftovers()

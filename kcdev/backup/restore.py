@@ -183,7 +183,13 @@ def restore(
     expect = incoming.expectation(check)
     journal = Journal(docker, target.volume, target.image, target.container_id, timeout)
     with restoring(target.volume):
-        unfinished = journal.status()
+        try:
+            unfinished = journal.status()
+        except JournalError as exc:
+            raise UserError(
+                f"Redis' image cannot journal a restore ({exc}): it predates kc-redis-journal; "
+                "rebuild it with `invoke build` and restart Redis with `invoke up`"
+            ) from None
         if unfinished.active:
             raise UserError(
                 f"an earlier restore ({unfinished.name}) is unfinished: `invoke ps` finishes or "
