@@ -107,6 +107,7 @@ class Restorer:
             raise RestoreFailed(f"Redis did not come back ({exc})") from None
 
     def step(self, call: Callable[[], str | None]) -> str | None:
+        """A journal command whose failure is the restore's: RestoreFailed, so it rolls back."""
         try:
             return call()
         except JournalError as exc:

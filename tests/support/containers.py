@@ -57,19 +57,11 @@ class RedisReady(WaitStrategy):
         deadline = time.monotonic() + self._startup_timeout
         last_error: Exception | None = None
         while time.monotonic() < deadline:
-            client = redis.Redis(
-                host=container.get_container_host_ip(),
-                port=container.get_exposed_port(6379),
-                password=self._password or None,
-                socket_timeout=2,
-            )
             try:
-                if client.info("persistence").get("loading") == 0:
+                if self._loaded(container):
                     return
-            except redis.RedisError as exc:
+            except (redis.RedisError, ConnectionError) as exc:  # ConnectionError: no port yet
                 last_error = exc
-            finally:
-                client.close()
             container.reload()
             if container.status in ("exited", "dead"):
                 raise TimeoutError(
@@ -81,6 +73,18 @@ class RedisReady(WaitStrategy):
             f"Redis not ready within {self._startup_timeout:.0f} s ({last_error})"
             f"{self._log_tail(container)}"
         )
+
+    def _loaded(self, container: WaitStrategyTarget) -> bool:
+        client = redis.Redis(
+            host=container.get_container_host_ip(),
+            port=container.get_exposed_port(6379),  # raises once the container is gone
+            password=self._password or None,
+            socket_timeout=2,
+        )
+        try:
+            return bool(client.info("persistence").get("loading") == 0)
+        finally:
+            client.close()
 
     def _log_tail(self, container: WaitStrategyTarget) -> str:
         try:
