@@ -52,13 +52,9 @@ def settle(project: ComposeProject, say: Say) -> None:
         say("a restore of Redis is running in another process: leaving it alone")
         return
     running = container.status == "running"
-    image = project.docker.run("inspect", "--format", "{{.Image}}", container.container_id)
-    journal = Journal(
-        project.docker,
-        volume,
-        image.stdout.strip() or images.REDIS_IMAGE,
-        container.container_id if running else None,
-    )
+    journal = Journal(project.docker, volume, "", container.container_id if running else None)
+    if not running:
+        journal.image = _image_of(project, container.container_id)
     try:
         status = journal.status()
     except JournalError:
@@ -66,6 +62,7 @@ def settle(project: ComposeProject, say: Say) -> None:
     try:
         if not (status.active or status.outcome):
             return
+        journal.image = journal.image or _image_of(project, container.container_id)
         journal.remove_leftovers()
         if status.active:
             status = _resolve(project, journal, status, running)
@@ -78,6 +75,12 @@ def settle(project: ComposeProject, say: Say) -> None:
             "`invoke logs --service=redis`; the data from before is kept in the volume's "
             "kc-restore/ folder"
         ) from None
+
+
+def _image_of(project: ComposeProject, container_id: str) -> str:
+    """The image the container runs, by id: its scripts are the ones that wrote the journal."""
+    found = project.docker.run("inspect", "--format", "{{.Image}}", container_id, timeout=60)
+    return found.stdout.strip() or images.REDIS_IMAGE
 
 
 def _resolve(project: ComposeProject, journal: Journal, status: Status, running: bool) -> Status:

@@ -42,7 +42,7 @@ def test_nothing_to_do_costs_a_few_docker_calls_and_says_nothing(
     recovery.settle(project, said.append)
 
     assert said == []
-    assert [a[1] for a in runner.argvs] == ["volume", "ps", "inspect", "inspect", "exec"]
+    assert [a[1] for a in runner.argvs] == ["volume", "ps", "inspect", "exec"]
 
 
 def test_without_a_volume_there_is_nothing_to_look_at(
