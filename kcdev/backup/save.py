@@ -304,8 +304,13 @@ def _backup(
 
 
 def prune_report(pruned: store.Pruned, keep: int) -> str:
+    """What --keep did, in one line: every file it deleted, and what it spared and why."""
     removed = ", ".join(p.name for p in pruned.removed)
-    line = f"pruned {len(pruned.removed)} older backup(s)" + (f": {removed}" if removed else "")
+    line = (
+        f"pruned {len(pruned.removed)} older backup(s): {removed}"
+        if removed
+        else (f"nothing to prune (--keep={keep})")
+    )
     if pruned.spared:
         line += (
             f"; kept {pruned.spared.name} beyond --keep={keep}: it is the newest backup with "
