@@ -63,6 +63,8 @@ def up(
     c: Context, backend: str | None = None, timeout: str = "600", keep_on_failure: bool = False
 ) -> None:
     """Start Redis and the LLM server and wait until they really serve (builds images if needed)."""
+    from kcdev.backup.recovery import settle
+
     wait = number("timeout", timeout, minimum=1)
     # Without --backend, a stack that exists keeps its backend: `invoke up` brings a stopped or
     # exited service back and never removes a running LLM server unasked.
@@ -74,6 +76,7 @@ def up(
             f"keeping backend {project.backend} of the existing stack (LLM_BACKEND={configured}): "
             f"`invoke up --backend={configured}` would {effect} its LLM server"
         )
+    settle(project, say)  # a restore cut short is finished or rolled back first, and said so
     took = lifecycle.up(project, timeout=wait, keep_on_failure=keep_on_failure, say=say)
     s = project.settings
     say(f"redis      redis://{s.redis_host}:{s.redis_port}/{s.redis_db}")
@@ -98,9 +101,11 @@ def down(c: Context, volumes: bool = False, yes: bool = False) -> None:
 @one_line_errors
 def ps(c: Context) -> None:
     """Show the services (state, health, ports, CPU and memory), Redis, Celery and LLM metrics."""
+    from kcdev.backup.recovery import settle
     from kcdev.stack import status
 
     project = _project(running=True)
+    settle(project, say)  # a restore cut short is finished or rolled back first, and said so
     states = lifecycle.service_states(project)
     if not states:
         say(f"stack {project.name} is not running: start it with `invoke up`")
@@ -232,24 +237,33 @@ def backup_redis(c: Context, output_dir: str | None = None, keep: str | None = N
 
 @task(
     help={
-        "file": "backup to restore (its .json manifest must be beside it)",
-        "latest": "restore the newest backup in backups/ (not the safety copies)",
+        "file": "RDB file to restore: a backup (its .json manifest is checked) or any dump.rdb",
+        "latest": "restore the newest backup in the backups folder (not the safety copies)",
         "yes": "replace the data without asking",
+        "backups_dir": "folder of --latest and of the safety backup (default: backups/)",
     }
 )
 @one_line_errors
 def restore_redis(
-    c: Context, file: str | None = None, latest: bool = False, yes: bool = False
+    c: Context,
+    file: str | None = None,
+    latest: bool = False,
+    yes: bool = False,
+    backups_dir: str | None = None,
 ) -> None:
-    """Replace Redis' data with a verified backup; takes a safety backup first, keeps AOF on."""
+    """Replace Redis' data with a verified RDB file; takes a safety backup first, keeps AOF on."""
     from kcdev.backup import restore, store
+    from kcdev.backup.recovery import settle
     from kcdev.backup.redis_target import target_from_project
 
     if bool(file) == latest:
         raise UserError("pass exactly one of --file=PATH or --latest")
-    path = Path(file) if file else store.latest(store.DEFAULT_DIR)
-    target = target_from_project(_project("none"))
-    found = restore.restore(target, path, yes, say=say)
+    folder = Path(backups_dir) if backups_dir else store.DEFAULT_DIR
+    path = Path(file) if file else store.latest(folder)
+    project = _project("none")
+    settle(project, say)  # an earlier restore cut short is finished or rolled back first
+    target = target_from_project(project)
+    found = restore.restore(target, path, yes, backups_dir=folder, say=say)
     counts = ", ".join(f"db{n} {db.keys} keys" for n, db in sorted(found.items()))
     say(f"restored {path.name}: {counts or 'no keys'}")
 

@@ -64,9 +64,11 @@ def max_readable_version(redis_version: str) -> int | None:
 @dataclass(frozen=True)
 class CheckResult:
     ok: bool
-    keys: int  # keys read, all databases together
-    expires: int
+    keys: int  # keys read, all databases together, expired ones included
+    expires: int  # keys with a TTL, expired ones included
     problem: str  # what redis-check-rdb found wrong; empty when ok
+    already_expired: int = 0  # keys whose TTL had run out: a server drops them when loading
+    redis_version: str = ""  # the Redis that wrote the file (its redis-ver field), if it says
 
 
 def parse_check_output(output: str, returncode: int) -> CheckResult:
@@ -76,6 +78,8 @@ def parse_check_output(output: str, returncode: int) -> CheckResult:
         found = re.search(rf"^\[info\] (\d+) {label}$", output, re.MULTILINE)
         return int(found[1]) if found else 0
 
+    writer = re.search(r"AUX FIELD redis-ver = '([^']*)'", output)
+
     ok = returncode == 0 and "RDB looks OK" in output
     problem = ""
     if not ok:
@@ -83,7 +87,14 @@ def parse_check_output(output: str, returncode: int) -> CheckResult:
         lines = after[1].strip().splitlines() if len(after) == 2 else []
         problem = lines[0] if lines else last_line(output) or f"exit code {returncode}"
         problem = re.sub(r"^\[offset \d+\] ", "", problem)
-    return CheckResult(ok, count("keys read"), count("expires"), problem)
+    return CheckResult(
+        ok,
+        count("keys read"),
+        count("expires"),
+        problem,
+        count("already expired"),
+        writer[1] if writer else "",
+    )
 
 
 def check_rdb(docker: Docker, image: str, path: Path, timeout: float = 1800) -> CheckResult:
@@ -93,8 +104,10 @@ def check_rdb(docker: Docker, image: str, path: Path, timeout: float = 1800) -> 
     would use, works while Redis is stopped, and takes nothing from the server's container. It
     runs as our own user so it reads the file with the permissions we have (backups are 0600).
     """
+    # Not one of the stack's containers: the image carries compose's project labels.
     result = docker.run(
         "run", "--rm", "--network", "none", "--user", f"{os.getuid()}:{os.getgid()}",
+        "--label", "com.docker.compose.project=", "--label", "com.docker.compose.service=",
         "--mount", bind_mount(path, "/kc-check/dump.rdb"),
         "--entrypoint", "redis-check-rdb", image, "/kc-check/dump.rdb",
         timeout=timeout,

@@ -33,6 +33,9 @@ class RedisTarget:
     # temporary server) must run the very same Redis build, even if the tag was rebuilt since.
     image: str
     source: str  # what the manifest records, e.g. "project kc-devenv, container 1a2b3c4d5e6f"
+    # The docker volume holding /data: the restore journal's containers mount it by name, so they
+    # work on it even after the container is gone (`invoke down` keeps volumes).
+    volume: str = ""
 
     @property
     def address(self) -> str:
@@ -42,14 +45,23 @@ class RedisTarget:
         return redis_client.client(self.host, self.port, self.password, timeout=timeout)
 
 
+DATA_DIR = "/data"  # where the stack's image keeps Redis' files (kc-redis-start)
+INSPECT = '{{.Image}} {{range .Mounts}}{{if eq .Destination "/data"}}{{.Name}}{{end}}{{end}}'
+
+
 def target_for_container(
     docker: Docker, container_id: str, host: str, port: int, password: str, source: str
 ) -> RedisTarget:
-    result = docker.run("inspect", "--format", "{{.Image}}", container_id, timeout=30)
-    image = result.stdout.strip()
+    result = docker.run("inspect", "--format", INSPECT, container_id, timeout=30)
+    image, _, volume = result.stdout.strip().partition(" ")
     if result.returncode != 0 or not image:
         raise UserError(f"cannot inspect the Redis container {container_id[:12]}: {NOT_RUNNING}")
-    return RedisTarget(container_id, host, port, password, image, source)
+    if not volume:
+        raise UserError(
+            f"the Redis container {container_id[:12]} keeps {DATA_DIR} outside a docker volume: "
+            "backups and restores need the stack's volume (docker/docker-compose.yml)"
+        )
+    return RedisTarget(container_id, host, port, password, image, source, volume)
 
 
 def target_from_project(project: ComposeProject) -> RedisTarget:

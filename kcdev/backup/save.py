@@ -20,9 +20,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
+from tenacity import (
+    RetryCallState,
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+)
 
 from kcdev import files
-from kcdev.backup import rdb, store
+from kcdev.backup import interrupts, rdb, store
+from kcdev.backup.holdpoints import hold
 from kcdev.backup.redis_target import RedisTarget, config_value, connect
 from kcdev.console import Say, human_size
 from kcdev.errors import UserError
@@ -131,23 +139,35 @@ def wait_saved(client: redis.Redis, snapshot: Snapshot, deadline: float) -> None
 def snapshot_and_copy(
     client: redis.Redis, copy: Callable[[], T], deadline: float, say: Say
 ) -> tuple[Snapshot, T]:
-    """Take a snapshot and copy it out, retrying when another save gets in the way."""
-    reason = ""
-    for _ in range(SAVE_ATTEMPTS):
-        try:
-            wait_idle(client, deadline)
-            snapshot = start_save(client)
-            wait_saved(client, snapshot, deadline)
-            copied = copy()
-            # The dump read must still be ours: a save started meanwhile could have replaced it.
-            save_progress(client.info("persistence"), snapshot.save_number)
-            return snapshot, copied
-        except (Busy, Superseded) as exc:
-            reason = str(exc)
-            say(f"Redis was busy ({reason}): waiting for it, then saving again")
-    raise UserError(
-        f"Redis stayed busy with other saves {SAVE_ATTEMPTS} times ({reason}): try again later"
+    """Take a snapshot and copy it out, again when another save got in the way (Busy, or
+    Superseded: a save that started after ours may have replaced the dump we read)."""
+
+    def attempt() -> tuple[Snapshot, T]:
+        wait_idle(client, deadline)
+        snapshot = start_save(client)
+        wait_saved(client, snapshot, deadline)
+        hold("backup-saved")
+        copied = copy()
+        save_progress(client.info("persistence"), snapshot.save_number)  # the dump is still ours
+        return snapshot, copied
+
+    def announce(state: RetryCallState) -> None:
+        failed = state.outcome.exception() if state.outcome else None
+        say(f"Redis was busy ({failed}): waiting for it, then saving again")
+
+    # No wait between attempts: each one waits for the other save itself (wait_idle).
+    retrying = Retrying(
+        retry=retry_if_exception_type((Busy, Superseded)),
+        stop=stop_after_attempt(SAVE_ATTEMPTS),
+        before_sleep=announce,
     )
+    try:
+        return retrying(attempt)
+    except RetryError as exc:
+        raise UserError(
+            f"Redis stayed busy with other saves {SAVE_ATTEMPTS} times "
+            f"({exc.last_attempt.exception()}): try again later"
+        ) from None
 
 
 def prepare_folder(folder: Path, needed: int) -> Path:
@@ -215,7 +235,8 @@ def backup(
     docker = docker or Docker()
     client = connect(target)
     try:
-        return _backup(client, target, output_dir.resolve(), keep, kind, docker, timeout, say)
+        with interrupts.as_exceptions():  # SIGTERM/SIGHUP: clean up like Ctrl-C
+            return _backup(client, target, output_dir.resolve(), keep, kind, docker, timeout, say)
     except redis.RedisError as exc:
         raise UserError(
             f"lost the connection to Redis at {target.address} ({exc}): nothing was saved"
@@ -238,7 +259,9 @@ def _backup(
     redis_version = str(client.info("server")["redis_version"])
     folder = prepare_folder(output_dir, int(client.info("memory")["used_memory"]))
     source = f"{config_value(client, 'dir').rstrip('/')}/{config_value(client, 'dbfilename')}"
-    partial = folder / f".kc-backup-{secrets.token_hex(6)}.partial"
+    store.remove_stale_partials(folder)
+    # The pid says whose it is: a partial whose process is gone (SIGKILL) is removed next time.
+    partial = folder / f"{store.PARTIAL_PREFIX}{os.getpid()}-{secrets.token_hex(6)}.partial"
     try:
         say(f"saving a snapshot of Redis {redis_version} ({target.source})")
         snapshot, fetched = snapshot_and_copy(
@@ -249,31 +272,51 @@ def _backup(
             deadline,
             say,
         )
+        hold("backup-copied")
         manifest = describe(partial, fetched, snapshot, redis_version, target.source, kind)
         final = folder / manifest.file
         os.chmod(partial, 0o600)  # backups hold the data itself: readable by us only
         fsync_file(partial)
+        # Published before its manifest: cut short in between, it lists as "no manifest", never
+        # as verified; a backup is complete only once its manifest exists.
         store.publish(partial, final)
         try:
+            hold("backup-published")
             store.write_manifest(final, manifest)
         except BaseException:
             final.unlink(missing_ok=True)
             raise
     finally:
         partial.unlink(missing_ok=True)
+    hold("backup-described")
     say(
         f"saved {manifest.keys} keys in {len(manifest.databases)} database(s), "
         f"{human_size(manifest.size)}, verified with redis-check-rdb"
     )
     if keep is not None:
         try:
-            removed = store.prune(folder, keep, final)
+            pruned = store.prune(folder, keep, final)
         except OSError as exc:  # the backup itself is done and sound: say so, do not fail it
             say(f"warning: could not prune older backups ({exc})")
         else:
-            if removed:
-                say(f"pruned {len(removed)} older backup(s): {', '.join(p.name for p in removed)}")
+            say(prune_report(pruned, keep))
     return final
+
+
+def prune_report(pruned: store.Pruned, keep: int) -> str:
+    """What --keep did, in one line: every file it deleted, and what it spared and why."""
+    removed = ", ".join(p.name for p in pruned.removed)
+    line = (
+        f"pruned {len(pruned.removed)} older backup(s): {removed}"
+        if removed
+        else (f"nothing to prune (--keep={keep})")
+    )
+    if pruned.spared:
+        line += (
+            f"; kept {pruned.spared.name} beyond --keep={keep}: it is the newest backup with "
+            "keys, the newer ones are empty"
+        )
+    return line
 
 
 def describe(

@@ -4,7 +4,9 @@ A backup is two files: `redis-<UTC time>.rdb` and its manifest `redis-<UTC time>
 size, keys per database, Redis version, source). The manifest is written last, so a backup counts
 as complete only once it has one; files without a manifest are shown but never pruned, since they
 may not be ours. Safety backups a restore takes first end in `-pre-restore` and are never pruned
-either: they are the way back from a restore.
+either: they are the way back from a restore. Nor is the newest backup that holds keys while
+every newer one kept is empty: an empty Redis backed up after a mishap must not push out the last
+backup with data.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ DEFAULT_DIR = paths.ROOT / "backups"
 KINDS = ("backup", "pre-restore")
 MANIFEST_FORMAT = 1
 NAME = re.compile(r"^redis-(\d{8}T\d{6}\.\d{3}Z)(-pre-restore)?\.rdb$")
+PARTIAL_PREFIX = ".kc-backup-"  # + "<pid>-<random>.partial": a backup being copied out
+STALE = re.compile(rf"^{re.escape(PARTIAL_PREFIX)}(\d+)-[0-9a-f]+\.partial$")
 
 
 @dataclass(frozen=True)
@@ -180,12 +184,39 @@ def latest(folder: Path) -> Path:
     return found[-1].rdb
 
 
-def prune(folder: Path, keep: int, protect: Path) -> list[Path]:
-    """Delete complete regular backups beyond the newest `keep`; never `protect` (the new one)."""
+@dataclass(frozen=True)
+class Pruned:
+    removed: list[Path]
+    spared: Path | None  # kept beyond --keep: the newest backup with keys, the newer ones empty
+
+
+def prune(folder: Path, keep: int, protect: Path) -> Pruned:
+    """Delete complete regular backups beyond the newest `keep`; never `protect` (the new one).
+
+    Only backups whose file still has the manifest's size count, so a damaged newer file never
+    pushes out a sound older one; and when every backup kept holds no keys, the newest older one
+    with keys is kept too (`spared`), and said so.
+    """
     if keep < 1:
         raise UserError(f"--keep={keep} must be 1 or more")
-    backups = [b for b in list_backups(folder, verify=False) if b.complete and b.kind == "backup"]
-    kept = {protect.resolve()} | {b.rdb.resolve() for b in backups[-keep:]}
+    backups = [
+        b
+        for b in list_backups(folder, verify=False)
+        if b.complete
+        and b.kind == "backup"
+        and b.manifest
+        and b.rdb.stat().st_size == b.manifest.size
+    ]
+    newest = [b for b in backups if b.rdb.resolve() == protect.resolve()] + backups[-keep:]
+    kept = {b.rdb.resolve() for b in newest} | {protect.resolve()}
+    spared = None
+    if newest and all(b.manifest and b.manifest.keys == 0 for b in newest):
+        with_keys = [
+            b for b in backups if b.rdb.resolve() not in kept and b.manifest and b.manifest.keys
+        ]
+        if with_keys:
+            spared = with_keys[-1].rdb
+            kept.add(spared.resolve())
     removed = []
     for b in backups:
         if b.rdb.resolve() in kept:
@@ -193,7 +224,30 @@ def prune(folder: Path, keep: int, protect: Path) -> list[Path]:
         manifest_path(b.rdb).unlink(missing_ok=True)  # first: what is left is never "complete"
         b.rdb.unlink(missing_ok=True)
         removed.append(b.rdb)
+    return Pruned(removed, spared)
+
+
+def remove_stale_partials(folder: Path) -> list[Path]:
+    """Delete backups being copied out by processes that are gone (killed before cleaning up);
+    the pid in the name tells. Partials of live processes are theirs to finish."""
+    removed = []
+    for path in folder.glob(f"{PARTIAL_PREFIX}*.partial") if folder.is_dir() else []:
+        match = STALE.match(path.name)
+        if match is None or _alive(int(match[1])):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
     return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def listing_rows(listed: list[Listed]) -> list[list[str]]:

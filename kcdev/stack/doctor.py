@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -11,7 +12,7 @@ from kcdev.errors import UserError
 from kcdev.settings import Settings, load_settings
 from kcdev.stack import images, preflight
 from kcdev.stack.compose import wants_gpu
-from kcdev.stack.docker_cli import Docker
+from kcdev.stack.docker_cli import Docker, last_line
 
 GIB = 1024**3
 
@@ -97,6 +98,26 @@ def _image_checks(settings: Settings, docker: Docker, backend: str) -> Iterator[
         not missing,
         "built" if not missing else f"missing {', '.join(missing)}: run `invoke build`",
     )
+    if images.REDIS_IMAGE not in missing:
+        yield _redis_version_check(docker)
+
+
+def _redis_version_check(docker: Docker) -> Check:
+    """The Redis really inside the image: backups restore only into the same RDB format."""
+    probe = docker.run(
+        "run", "--rm", "--network", "none", "--entrypoint", "redis-server", images.REDIS_IMAGE,
+        "--version", timeout=60,
+    )  # fmt: skip
+    found = re.search(r" v=(\d+\.\d+\.\d+)", probe.stdout)
+    if found is None:
+        return Check("redis", False, f"cannot run {images.REDIS_IMAGE}: {last_line(probe.stderr)}")
+    if not found[1].startswith(f"{images.REDIS_SERIES}."):
+        return Check(
+            "redis", False,
+            f"{images.REDIS_IMAGE} runs Redis {found[1]}, not {images.REDIS_SERIES}: it was built "
+            "from an older Dockerfile; rebuild it with `invoke build`",
+        )  # fmt: skip
+    return Check("redis", True, f"{images.REDIS_IMAGE} runs Redis {found[1]}")
 
 
 def _stack_checks(settings: Settings, docker: Docker, backend: str) -> Iterator[Check]:

@@ -33,7 +33,11 @@ if TYPE_CHECKING:  # compose.py reads the tags from here: importing it back woul
 
 # Official bases (registry mode). Bookworm everywhere, so both modes run the same Debian release.
 PYTHON_BASE = "python:3.11-slim-bookworm"
-REDIS_BASE = "redis:7.4-bookworm"
+# Redis is Debian bookworm's package in both modes (docker/Dockerfile.redis), so both run the same
+# series and write the same RDB format: the official redis:7.4 image wrote RDB 12, which the
+# registry-less image's 7.0 could not read.
+REDIS_BASE = "debian:bookworm-slim"
+REDIS_SERIES = "7.0"
 CUDA_BASE = "nvidia/cuda:12.6.3-devel-ubuntu22.04"
 # vLLM's cuda image: its wheel brings its own CUDA libraries, so the small base will do.
 VLLM_CUDA_BASE = "nvidia/cuda:12.8.1-base-ubuntu24.04"
@@ -50,7 +54,7 @@ LOCAL_BASE_PACKAGES = (
 )
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
-REDIS_IMAGE = "kc-devenv/redis:7.4"
+REDIS_IMAGE = f"kc-devenv/redis:{REDIS_SERIES}"
 LLAMACPP_IMAGE = f"kc-devenv/llamacpp:{LLAMA_CPP_PYTHON_VERSION}"
 VLLM_VERSION = "0.33.0"
 VLLM_IMAGE = f"kc-devenv/vllm:{VLLM_VERSION}"

@@ -132,7 +132,7 @@ def redis_summary(settings: Settings) -> str:
     finally:
         client.close()
     return (
-        f"redis: {info['used_memory_human']} used, {keys} keys, "
+        f"redis {info['redis_version']}: {info['used_memory_human']} used, {keys} keys, "
         f"{info['instantaneous_ops_per_sec']} ops/s; "
         f"celery queue {CELERY_QUEUE!r}: {queued} waiting"
     )

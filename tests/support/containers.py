@@ -43,8 +43,11 @@ class RedisReady(WaitStrategy):
     """Ready when Redis answers with the password *and* is not loading a dataset.
 
     PING alone would pass while Redis is still loading (it answers LOADING), which is exactly the
-    window in which a test's first command fails.
+    window in which a test's first command fails. Giving up, it says why in the container's own
+    words: the last lines of its log (a start script's refusal, a crash) end the error.
     """
+
+    LOG_LINES = 20
 
     def __init__(self, password: str) -> None:
         super().__init__()
@@ -54,24 +57,42 @@ class RedisReady(WaitStrategy):
         deadline = time.monotonic() + self._startup_timeout
         last_error: Exception | None = None
         while time.monotonic() < deadline:
-            client = redis.Redis(
-                host=container.get_container_host_ip(),
-                port=container.get_exposed_port(6379),
-                password=self._password or None,
-                socket_timeout=2,
-            )
             try:
-                if client.info("persistence").get("loading") == 0:
+                if self._loaded(container):
                     return
-            except redis.RedisError as exc:
+            except (redis.RedisError, ConnectionError) as exc:  # ConnectionError: no port yet
                 last_error = exc
-            finally:
-                client.close()
             container.reload()
             if container.status in ("exited", "dead"):
-                break
+                raise TimeoutError(
+                    f"Redis container {container.status} before it was ready "
+                    f"({last_error}){self._log_tail(container)}"
+                )
             time.sleep(self._poll_interval)
-        raise TimeoutError(f"Redis not ready within {self._startup_timeout:.0f} s: {last_error}")
+        raise TimeoutError(
+            f"Redis not ready within {self._startup_timeout:.0f} s ({last_error})"
+            f"{self._log_tail(container)}"
+        )
+
+    def _loaded(self, container: WaitStrategyTarget) -> bool:
+        client = redis.Redis(
+            host=container.get_container_host_ip(),
+            port=container.get_exposed_port(6379),  # raises once the container is gone
+            password=self._password or None,
+            socket_timeout=2,
+        )
+        try:
+            return bool(client.info("persistence").get("loading") == 0)
+        finally:
+            client.close()
+
+    def _log_tail(self, container: WaitStrategyTarget) -> str:
+        try:
+            stdout, stderr = container.get_logs()
+        except Exception as exc:  # the log is a courtesy: never hide the real error behind it
+            return f"; no log ({exc})"
+        lines = (stdout + stderr).decode(errors="replace").splitlines()[-self.LOG_LINES :]
+        return "; its log ends:\n" + "\n".join(lines) if lines else "; its log is empty"
 
 
 class RedisContainer(LoopbackContainer):

@@ -552,6 +552,10 @@ def test_doctor_with_the_real_checks_on_a_fake_docker(
     )
     monkeypatch.setattr(files, "free_bytes", lambda path: 50 * GIB)
     monkeypatch.setattr(preflight, "memory_available", lambda: 8 * GIB)
+    runner.on(
+        "docker", "run", "--rm", "--network", "none", "--entrypoint", "redis-server",
+        stdout="Redis server v=7.0.15 sha=00000000:0\n",
+    )  # fmt: skip
 
     tasks.doctor(Context())
     assert "FAIL" not in capsys.readouterr().out

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -116,8 +115,11 @@ def manifest_mismatch(good: Path, folder: Path) -> Path:
     return path
 
 
-def no_manifest(good: Path, folder: Path) -> Path:
-    return Path(shutil.copy(good, folder / "copied.rdb"))
+def newer_file_without_manifest(good: Path, folder: Path) -> Path:
+    """No manifest: an RDB file from elsewhere, checked by its header like any other."""
+    path = folder / "dump-from-redis-7.4.rdb"
+    path.write_bytes(b"REDIS0012" + good.read_bytes()[9:])
+    return path
 
 
 BAD_FILES = [
@@ -128,7 +130,10 @@ BAD_FILES = [
     (foreign, "is not a Redis RDB file"),
     (newer_rdb_version, "is RDB version 99, which Redis 7.0.15 cannot read"),
     (manifest_mismatch, "does not match its manifest"),
-    (no_manifest, "has no manifest"),
+    (
+        newer_file_without_manifest,
+        "is RDB version 12, which Redis 7.0.15 cannot read (it reads up to 10)",
+    ),
 ]
 
 
@@ -172,7 +177,11 @@ def test_not_enough_disk_refuses_backup_and_restore(
             server.target(), good_backup, yes=True, backups_dir=tmp_path, say=quiet
         ),
     )
-    assert line.startswith("not enough disk space")  # for the safety backup: nothing replaced
+    # For the safety backup: nothing replaced, and the journal it had begun is gone again.
+    assert line.startswith(f"restore failed (not enough disk space in {tmp_path}")
+    assert line.endswith(
+        "rolled back, Redis is on its data from before; " + good_backup.name + " is unchanged"
+    )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -218,19 +227,28 @@ def test_without_yes_and_without_a_terminal_nothing_is_replaced(
 # --- failures after Redis was stopped: the old data comes back --------------------------------
 
 
-def fail_rebuild(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(restore, "REBUILD", 'echo "kc-restore: injected failure" >&2; exit 3')
+def lying_manifest(good: Path, folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A manifest that matches the file's bytes but not its keys: the temporary Redis finds out."""
+    path = with_manifest(folder / "lying.rdb", good.read_bytes(), good)
+    manifest = dataclasses.replace(store.read_manifest(path), databases={0: DbKeys(5, 0)})
+    store.manifest_path(path).unlink()
+    store.write_manifest(path, manifest)
+    return path
 
 
-def fail_final_count(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The real server has loaded the backup's AOF already: the put-back must undo that too.
-    monkeypatch.setattr(Restorer, "live_keyspace", lambda self: {0: DbKeys(1, 0)})
+def fail_final_count(good: Path, folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    # The real server has loaded the new AOF already: the rollback must undo that too.
+    def came_back_wrong(self: Restorer, expect: object) -> None:
+        raise restore.RestoreFailed("Redis came back with other counts: db0 has 1 keys")
+
+    monkeypatch.setattr(Restorer, "check", came_back_wrong)
+    return good
 
 
 @pytest.mark.parametrize(
     ("inject", "reason"),
     [
-        (fail_rebuild, "rebuild: injected failure"),
+        (lying_manifest, "the temporary Redis loaded other counts: db0 has 300 keys, the backup 5"),
         (fail_final_count, "Redis came back with other counts: db0 has 1 keys"),
     ],
     ids=["in-the-temporary-redis", "after-the-real-start"],
@@ -241,24 +259,22 @@ def test_a_failure_after_the_stop_puts_the_old_data_back(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
-    inject: Callable[[pytest.MonkeyPatch], None],
+    inject: Callable[[Path, Path, pytest.MonkeyPatch], Path],
     reason: str,
 ) -> None:
     before = contents(server)
-    inject(monkeypatch)
+    file = inject(good_backup, tmp_path, monkeypatch)
 
     line = fails_in_one_line(
         capsys,
-        lambda: restore.restore(
-            server.target(), good_backup, yes=True, backups_dir=tmp_path, say=quiet
-        ),
+        lambda: restore.restore(server.target(), file, yes=True, backups_dir=tmp_path, say=quiet),
     )
 
     assert line.startswith(f"restore failed ({reason}")
-    assert line.endswith(f"Redis is back on its data from before; {good_backup.name} is unchanged")
+    assert line.endswith(f"rolled back, Redis is on its data from before; {file.name} is unchanged")
     assert contents(server) == before
     server.restart_and_wait()
     assert contents(server) == before  # the AOF put back is the one Redis loads
     data = server.docker("exec", server.container_id, "ls", "-A", "/data").stdout.split()
-    assert sorted(data) == ["appendonlydir", "dump.rdb"]  # nothing left behind
+    assert sorted(data) == ["appendonlydir", "dump.rdb"]  # nothing left behind, no journal
     assert store.mismatch(good_backup, store.read_manifest(good_backup)) is None

@@ -21,8 +21,9 @@ from kcdev.backup import rdb, store
 from kcdev.backup.restore import restore
 from kcdev.backup.save import backup
 from kcdev.redis_client import DbKeys
+from kcdev.stack import readiness
 from kcdev.stack.docker_cli import Docker
-from tests.support.redis_data import contents, write_keys
+from tests.support.redis_data import contents, with_ttl, write_keys
 from tests.support.redis_target import FixedPortRedis
 
 pytestmark = pytest.mark.integration
@@ -38,34 +39,44 @@ def server(stack_images: dict[str, str]) -> Iterator[FixedPortRedis]:
         yield container
 
 
+def gone(client: redis.Redis, keys: list[str]) -> str | None:
+    """None once none of `keys` exists (EXISTS expires a key whose TTL ran out, on the spot)."""
+    left = client.exists(*keys)
+    return f"{left} of {len(keys)} keys still there" if left else None
+
+
 def test_round_trip_of_10000_keys_survives_the_restore_and_two_restarts(
     server: FixedPortRedis, tmp_path: Path
 ) -> None:
     client = server.client(decode_responses=True)
     write_keys(client, 8_000, prefix="k", db=0, ttl_every=20)  # 400 keys with a 1 h TTL
     write_keys(client, 2_000, prefix="k", db=1, ttl_every=20)  # 100 more
-    started = time.monotonic()
-    write_keys(client, 100, prefix="short", ttl_ms=6_000, ttl_every=1)  # gone before the restore
-    write_keys(client, 100, prefix="mid", ttl_ms=25_000, ttl_every=1)  # gone before restart 2
+    # Canaries, with the same TTLs in a database the backup keeps and the test never flushes:
+    # when one is gone, so are its twins inside the backup.
+    write_keys(client, 100, prefix="short", ttl_ms=4_000, ttl_every=1)  # gone before the restore
+    write_keys(client, 1, prefix="short-canary", db=2, ttl_ms=4_000, ttl_every=1)
+    write_keys(client, 100, prefix="mid", ttl_ms=12_000, ttl_every=1)  # gone before restart 2
     lasting = {k: v for k, v in contents(server).items() if not k[1].startswith(("short", "mid"))}
     mid = {k: v for k, v in contents(server).items() if k[1].startswith("mid")}
-    assert len(lasting) == 10_000 and sum(has_ttl for *_, has_ttl in lasting.values()) == 500
+    mid_keys = [key for _, key in mid]
+    assert len(lasting) == 10_000 and with_ttl(lasting) == 500
 
     path = backup(server.target(), tmp_path, say=quiet)
 
     manifest = store.read_manifest(path)
-    assert manifest.databases == {0: DbKeys(8_200, 600), 1: DbKeys(2_000, 100)}
+    assert manifest.databases == {0: DbKeys(8_200, 600), 1: DbKeys(2_000, 100), 2: DbKeys(1, 1)}
     # What the restore must replace: other data, written after the backup.
-    client.flushall()
+    for db in (0, 1):
+        server.client(db=db).flushdb()
     write_keys(client, 50, prefix="after-backup")
-    time.sleep(max(0.0, started + 6.5 - time.monotonic()))  # the short keys' TTL has run out
+    canary = server.client(db=2)
+    readiness.wait_until(lambda: gone(canary, ["short-canary:0"]), time.monotonic() + 30)
 
     found = restore(server.target(), path, yes=True, backups_dir=tmp_path, say=quiet)
 
     assert found == {0: DbKeys(8_100, 500), 1: DbKeys(2_000, 100)}  # short:* expired on load
-    assert contents(server) == lasting | mid
-    assert 0 < min(client.ttl(key) for _, key in mid) <= 25
-    assert all(0 < client.ttl(f"k:{i}") <= 3600 for i in range(0, 8_000, 20))
+    assert contents(server) == lasting | mid  # values and the very same expiry times
+    assert 0 < min(client.pttl(key) for key in mid_keys) <= 12_000
     assert client.config_get("appendonly") == {"appendonly": "yes"}
     data = server.docker("exec", server.container_id, "ls", "-A", "/data").stdout.split()
     assert sorted(data) == ["appendonlydir", "dump.rdb"]  # the old AOF, set aside, is gone
@@ -75,10 +86,9 @@ def test_round_trip_of_10000_keys_survives_the_restore_and_two_restarts(
     server.restart_and_wait()
     assert contents(server) == lasting | mid  # the AOF holds the restored data
 
-    time.sleep(max(0.0, started + 25.5 - time.monotonic()))  # now the mid keys expire too
+    readiness.wait_until(lambda: gone(client, mid_keys), time.monotonic() + 30)  # they expire
     server.restart_and_wait()
-    assert contents(server) == lasting
-    assert all(client.exists(key) == 0 for _, key in mid)
+    assert contents(server) == lasting  # and stay gone: the AOF did not bring them back
     assert all(0 < client.ttl(f"k:{i}") <= 3600 for i in range(0, 8_000, 20))
 
 
@@ -123,11 +133,14 @@ def test_backup_while_writes_run_is_one_consistent_snapshot(
     thread = threading.Thread(target=write)
     thread.start()
     try:
-        while written < 3_000:
-            time.sleep(0.05)
+        readiness.wait_until(
+            lambda: None if written >= 3_000 else f"{written} writes", time.monotonic() + 60
+        )
         path = backup(server.target(), tmp_path, say=quiet)
         at_backup_end = written
-        time.sleep(0.2)
+        readiness.wait_until(  # writes go on after the snapshot too
+            lambda: None if written > at_backup_end else "no write since", time.monotonic() + 10
+        )
     finally:
         stop.set()
         thread.join()

@@ -79,7 +79,14 @@ def test_max_readable_version(redis_version: str, readable: int | None) -> None:
 
 def test_parse_check_output_ok() -> None:
     result = rdb.parse_check_output(CHECK_OK, 0)
-    assert result == rdb.CheckResult(ok=True, keys=3, expires=1, problem="")
+    assert result == rdb.CheckResult(
+        ok=True, keys=3, expires=1, problem="", already_expired=0, redis_version="7.0.15"
+    )
+
+
+def test_parse_check_output_counts_keys_a_load_would_drop() -> None:
+    output = CHECK_OK.replace("[info] 0 already expired", "[info] 2 already expired")
+    assert rdb.parse_check_output(output, 0).already_expired == 2
 
 
 def test_parse_check_output_names_the_problem() -> None:

@@ -24,7 +24,7 @@ def test_target_from_a_running_stack(
     runner: FakeRunner, docker: Docker, make_settings: MakeSettings
 ) -> None:
     runner.default = (0, ps_line("running") + "\n", "")  # `docker compose ... ps`
-    runner.on("docker", "inspect", stdout="sha256:feed\n")
+    runner.on("docker", "inspect", stdout="sha256:feed kc-devenv_redis-data\n")
     project = ComposeProject(
         make_settings(redis_password="s3cret", redis_port="6390"), "none", docker
     )
@@ -34,6 +34,17 @@ def test_target_from_a_running_stack(
     assert (target.container_id, target.image) == ("0123456789abcdef", "sha256:feed")
     assert (target.host, target.port, target.password) == ("127.0.0.1", 6390, "s3cret")
     assert target.source == "project kc-devenv, container 0123456789ab"
+    assert target.volume == "kc-devenv_redis-data"  # the journal's containers mount it by name
+
+
+def test_a_redis_without_a_data_volume_is_refused_in_one_line(
+    runner: FakeRunner, docker: Docker, make_settings: MakeSettings
+) -> None:
+    runner.default = (0, ps_line("running") + "\n", "")
+    runner.on("docker", "inspect", stdout="sha256:feed \n")  # /data is not a volume
+    project = ComposeProject(make_settings(), "none", docker)
+    with pytest.raises(UserError, match=r"keeps /data outside a docker volume"):
+        target_from_project(project)
 
 
 @pytest.mark.parametrize("ps_output", ["", ps_line("exited") + "\n"])

@@ -354,3 +354,20 @@ def test_keep_below_one_is_refused_before_anything_runs(runner: FakeRunner, dock
     with pytest.raises(UserError, match="--keep=0"):
         save.backup(TARGET, Path("/nonexistent"), keep=0, docker=docker)
     assert runner.calls == []
+
+
+# --- what --keep says -------------------------------------------------------------------------
+
+
+def test_prune_report_names_what_it_removed_and_what_it_spared(tmp_path: Path) -> None:
+    from kcdev.backup import store
+
+    a, b, c = (tmp_path / f"redis-{n}.rdb" for n in "abc")
+    assert save.prune_report(store.Pruned([a, b], None), 1) == (
+        "pruned 2 older backup(s): redis-a.rdb, redis-b.rdb"
+    )
+    assert save.prune_report(store.Pruned([], None), 3) == "nothing to prune (--keep=3)"
+    assert save.prune_report(store.Pruned([a], c), 1) == (
+        "pruned 1 older backup(s): redis-a.rdb; kept redis-c.rdb beyond --keep=1: it is the "
+        "newest backup with keys, the newer ones are empty"
+    )

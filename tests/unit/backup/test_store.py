@@ -18,18 +18,24 @@ T0 = datetime(2025, 1, 31, 23, 59, 59, 123456, tzinfo=UTC)
 
 
 def make_backup(
-    folder: Path, when: datetime, kind: str = "backup", data: bytes = b"REDIS0010data"
+    folder: Path,
+    when: datetime,
+    kind: str = "backup",
+    data: bytes = b"REDIS0010data",
+    keys: int = 10,
 ) -> Path:
     """A backup as `redis_backup.backup` leaves it: the file, then its manifest."""
     folder.mkdir(parents=True, exist_ok=True)
     name = store.backup_name(when, kind)
     rdb = folder / f"{name}.rdb"
     rdb.write_bytes(data)
-    store.write_manifest(rdb, manifest_for(rdb, when, kind))
+    store.write_manifest(rdb, manifest_for(rdb, when, kind, keys))
     return rdb
 
 
-def manifest_for(rdb: Path, when: datetime = T0, kind: str = "backup") -> store.Manifest:
+def manifest_for(
+    rdb: Path, when: datetime = T0, kind: str = "backup", keys: int = 10
+) -> store.Manifest:
     data = rdb.read_bytes()
     return store.Manifest(
         kind=kind,
@@ -39,7 +45,7 @@ def manifest_for(rdb: Path, when: datetime = T0, kind: str = "backup") -> store.
         sha256=hashlib.sha256(data).hexdigest(),
         rdb_version=10,
         redis_version="7.0.15",
-        databases={0: DbKeys(10, 2), 3: DbKeys(1, 0)},
+        databases={0: DbKeys(keys, 2), 3: DbKeys(1, 0)} if keys else {},
         source="project kc-devenv, container 0123456789ab",
     )
 
@@ -180,7 +186,7 @@ def test_latest_without_backups_says_how_to_make_one(tmp_path: Path) -> None:
 def test_prune_keeps_the_newest_n(tmp_path: Path) -> None:
     made = [make_backup(tmp_path, T0 + timedelta(minutes=n)) for n in range(5)]
 
-    removed = store.prune(tmp_path, 2, made[-1])
+    removed = store.prune(tmp_path, 2, made[-1]).removed
 
     assert removed == made[:3]
     assert [b.rdb for b in store.list_backups(tmp_path)] == made[3:]
@@ -205,6 +211,63 @@ def test_prune_leaves_safety_copies_and_unknown_files(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.glob("*.rdb")) == sorted(
         [safety.name, orphan.name, made[-1].name]
     )
+
+
+def test_prune_never_removes_a_restores_safety_copy(tmp_path: Path) -> None:
+    """The issue: a restore's safety copy is the way back; --keep 1 must leave it alone."""
+    safety = make_backup(tmp_path, T0, kind="pre-restore")
+    made = [make_backup(tmp_path, T0 + timedelta(minutes=n + 1)) for n in range(2)]
+
+    assert store.prune(tmp_path, 1, made[-1]).removed == [made[0]]
+    assert safety.exists() and store.manifest_path(safety).exists()
+
+
+def test_prune_keeps_the_last_backup_with_keys_when_the_newer_ones_are_empty(
+    tmp_path: Path,
+) -> None:
+    """The issue: after a restore gone wrong, `--keep 1` kept the new empty backup and pruned
+    the last one that had keys."""
+    good = [make_backup(tmp_path, T0 + timedelta(minutes=n)) for n in range(2)]
+    empty = [make_backup(tmp_path, T0 + timedelta(minutes=n + 2), keys=0) for n in range(2)]
+
+    pruned = store.prune(tmp_path, 1, empty[-1])
+
+    assert pruned.spared == good[-1]
+    assert pruned.removed == [good[0], empty[0]]
+    assert [b.rdb for b in store.list_backups(tmp_path)] == [good[-1], empty[-1]]
+
+
+def test_prune_spares_nothing_when_a_kept_backup_has_keys(tmp_path: Path) -> None:
+    made = [make_backup(tmp_path, T0 + timedelta(minutes=n), keys=n % 2) for n in range(4)]
+    pruned = store.prune(tmp_path, 2, made[-1])
+    assert pruned.spared is None and pruned.removed == made[:2]
+
+
+def test_prune_does_not_count_a_damaged_backup_as_kept(tmp_path: Path) -> None:
+    older = make_backup(tmp_path, T0)
+    newer = make_backup(tmp_path, T0 + timedelta(minutes=1))
+    newer.write_bytes(b"REDIS0010da")  # cut short since: not the file its manifest describes
+    new = make_backup(tmp_path, T0 + timedelta(minutes=2))
+
+    assert store.prune(tmp_path, 2, new).removed == []  # older stays: newer does not count
+    assert older.exists() and newer.exists()
+
+
+def test_stale_partials_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead = tmp_path / f".kc-backup-{gone.stdout.strip()}-abc123.partial"
+    live = tmp_path / f".kc-backup-{os.getpid()}-def456.partial"
+    other = tmp_path / ".kc-backup-something.partial"
+    for path in (dead, live, other):
+        path.write_bytes(b"REDIS")
+
+    assert store.remove_stale_partials(tmp_path) == [dead]
+    assert live.exists() and other.exists()
 
 
 def test_prune_refuses_keep_below_one(tmp_path: Path) -> None:

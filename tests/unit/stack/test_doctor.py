@@ -23,6 +23,7 @@ COMPOSE_V1 = ("docker-compose", "version", "--short")
 PULL = ("docker", "pull", "--quiet", images.REDIS_BASE)
 INSPECT = ("docker", "image", "inspect", "--format", "{{.Id}}")
 RUNTIMES = ("docker", "info", "--format", "{{json .Runtimes}}")
+REDIS_VERSION = ("docker", "run", "--rm", "--network", "none", "--entrypoint", "redis-server")
 MODEL_BYTES = 3 * GIB // 1000  # a 3 MB stand-in: sizes are only compared, never allocated
 
 
@@ -33,6 +34,7 @@ def runner() -> FakeRunner:
     fake.on(*SERVER_VERSION, stdout="27.3.1\n")
     fake.on(*API_VERSION, stdout="1.47\n")
     fake.on(*COMPOSE_V2, stdout="2.40.3\n")
+    fake.on(*REDIS_VERSION, stdout="Redis server v=7.0.15 sha=00000000:0 malloc=jemalloc\n")
     return fake
 
 
@@ -89,12 +91,23 @@ def test_healthy_machine_passes_every_check(
         "ok    healthcheck start_interval: supported (Engine 25+)",
         "ok    registry: registry mode, official base images present",
         "ok    stack images: built",
+        f"ok    redis: {images.REDIS_IMAGE} runs Redis 7.0.15",
         f"ok    model: {tmp_path / 'gguf' / 'model.gguf'} present",
         "ok    exposure: published on 127.0.0.1 only",
         "ok    ports: free or held by this stack",
         "ok    disk: 100.0 GiB free",
         "ok    memory: 16.0 GiB available for a 3.1 MiB model",
     ]
+
+
+def test_a_redis_image_from_an_older_dockerfile_fails_naming_its_version(
+    docker: Docker, runner: FakeRunner, settings: Callable[..., Settings], host: object
+) -> None:
+    runner.on(*REDIS_VERSION, stdout="Redis server v=7.4.1 sha=00000000:0\n")
+    assert by_name(run(docker, settings()))["redis"].line() == (
+        f"FAIL  redis: {images.REDIS_IMAGE} runs Redis 7.4.1, not {images.REDIS_SERIES}: it was "
+        "built from an older Dockerfile; rebuild it with `invoke build`"
+    )
 
 
 def test_daemon_down_stops_after_the_daemon_line(

@@ -235,7 +235,9 @@ def test_redis_summary_reports_memory_keys_ops_and_the_celery_queue(
 ) -> None:
     summary = status.redis_summary(make_settings(redis_port="6390", redis_db="3"))
 
-    assert summary == "redis: 1.02M used, 15 keys, 3 ops/s; celery queue 'celery': 5 waiting"
+    assert summary == (
+        "redis 7.0.15: 1.02M used, 15 keys, 3 ops/s; celery queue 'celery': 5 waiting"
+    )
     assert fake_redis.made == [
         {
             "host": "127.0.0.1",
