@@ -45,6 +45,10 @@ def worker_argv(settings: Settings, concurrency: int | str | None, loglevel: str
     return [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
         "--loglevel", loglevel.upper(), "--concurrency", str(processes),
+        # Gossip (workers electing and syncing clocks among themselves) serves nothing here, and
+        # Celery 5.7's gossip step logs an AttributeError traceback at every broker reconnect
+        # (its cleanup calls ignore_errors() on a connection already reset to None).
+        "--without-gossip",
     ]  # fmt: skip
 
 

@@ -7,6 +7,7 @@ publish a fixed free port chosen by the test, on 127.0.0.1 only.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,13 @@ class RestartableRedis(RedisContainer):
         # docker-py reads (address, port) as "this address, this port".
         self.ports["6379/tcp"] = (LOOPBACK, self.host_port)  # type: ignore[assignment]
 
-    def restart(self) -> None:
-        """`docker restart`, then wait until Redis serves again (AOF loaded)."""
-        self.get_wrapped_container().restart(timeout=10)
+    def restart(self, down_for: float = 0) -> None:
+        """Stop, stay down `down_for` seconds (an upgrade, a host reboot), start, and wait until
+        Redis serves again (AOF loaded)."""
+        container = self.get_wrapped_container()
+        container.stop(timeout=10)
+        time.sleep(down_for)
+        container.start()
         self.wait_ready()
 
     def wait_ready(self) -> None:

@@ -71,6 +71,7 @@ class WorkerProcess:
         argv = [
             sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
             "--loglevel", "INFO", "--concurrency", str(self.concurrency), "-n", self.nodename,
+            "--without-gossip",  # as worker/cli.py's worker_argv
         ]  # fmt: skip
         if self.probe:
             argv += ["--include", __name__]

@@ -16,12 +16,23 @@ import pytest
 from kombu import Connection, Queue
 
 from tests.support.containers import RedisContainer
-from worker.reliable_fetch import FETCH_AND_RECORD
+from worker.reliable_fetch import FETCH_AND_RECORD, dead_letter_key
 
 pytestmark = pytest.mark.integration
 
 DB = 15  # of the shared Redis: other modules use 0 and 11 to 14
 QUEUE = "kc-reliable-fetch"
+OTHER = "kc-reliable-fetch-other"
+
+
+def fetch(client: Any, *queues: str) -> list[Any]:
+    """Run the script as the patched channel does: {queue, message, moved aside}."""
+    keys = ["unacked_index", "unacked"]
+    for queue in queues:
+        keys += [queue, dead_letter_key(queue)]
+    return list(client.eval(FETCH_AND_RECORD, len(keys), *keys, time.time()))
+
+
 PAYLOAD = {"text": "héllo", "empty_list": [], "empty_map": {}, "nested": [None, [1, 2.5]]}
 
 
@@ -43,9 +54,9 @@ def test_a_fetched_but_unacknowledged_message_comes_back_unchanged(
     [queued] = client.lrange(QUEUE, 0, -1)
     assert isinstance(queued, bytes)
 
-    fetched = client.eval(FETCH_AND_RECORD, 3, QUEUE, "unacked_index", "unacked", time.time())
+    fetched = fetch(client, QUEUE)
 
-    assert fetched == queued
+    assert fetched == [QUEUE.encode(), queued, 0]
     assert client.llen(QUEUE) == 0
     tag = json.loads(queued)["properties"]["delivery_tag"]
     recorded = client.hget("unacked", tag)
@@ -63,8 +74,51 @@ def test_a_fetched_but_unacknowledged_message_comes_back_unchanged(
     assert client.hget("unacked", tag) is None
 
 
-def test_an_empty_queue_fetches_nothing(redis_server: RedisContainer) -> None:
+def test_empty_queues_fetch_nothing(redis_server: RedisContainer) -> None:
     client = redis_server.client(db=DB)
-    client.delete(QUEUE)
-    assert client.eval(FETCH_AND_RECORD, 3, QUEUE, "unacked_index", "unacked", time.time()) is None
+    client.delete(QUEUE, OTHER, "unacked")
+    assert fetch(client, QUEUE, OTHER) == [None, None, 0]
     assert client.hlen("unacked") == 0
+
+
+def test_every_queue_is_tried_in_the_order_given(
+    broker: Connection, redis_server: RedisContainer
+) -> None:
+    client = redis_server.client(db=DB)
+    client.delete(QUEUE, OTHER, "unacked")
+    producer = broker.Producer()
+    producer.publish({"n": 1}, routing_key=OTHER, declare=[Queue(OTHER)], serializer="json")
+
+    queue, raw, moved = fetch(client, QUEUE, OTHER)  # nothing in the first: the second's
+
+    assert (queue, moved) == (OTHER.encode(), 0)
+    assert json.loads(raw)["properties"]["delivery_info"]["routing_key"] == OTHER
+    assert client.hlen("unacked") == 1
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [
+        b"not json at all \xff\xfe",
+        b'{"body": "no properties"}',
+        b'{"properties": {"delivery_tag": 7, "delivery_info": {}}}',  # tag not a string
+        b"[1, 2, 3]",
+        b"",
+    ],
+)
+def test_what_is_not_a_kombu_message_is_moved_aside_byte_for_byte(
+    junk: bytes, broker: Connection, redis_server: RedisContainer
+) -> None:
+    client = redis_server.client(db=DB)
+    client.delete(QUEUE, dead_letter_key(QUEUE), "unacked")
+    client.lpush(QUEUE, junk)  # kombu pushes left and pops right: the junk comes out first
+    broker.Producer().publish(
+        {"n": 2}, routing_key=QUEUE, declare=[Queue(QUEUE)], serializer="json"
+    )
+
+    queue, raw, moved = fetch(client, QUEUE)
+
+    assert (queue, moved) == (QUEUE.encode(), 1)
+    assert json.loads(raw)["properties"]["delivery_info"]["routing_key"] == QUEUE
+    assert client.lrange(dead_letter_key(QUEUE), 0, -1) == [junk]
+    assert client.hlen("unacked") == 1
