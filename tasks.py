@@ -117,6 +117,10 @@ def ps(c: Context) -> None:
         say(status.redis_summary(project.settings))
     if LLM_SERVER in states and states[LLM_SERVER].state == "running":
         say(status.llm_summary(project.settings))
+    if states.get("redis") and states["redis"].state == "running":
+        from worker.cli import workers_report
+
+        say(workers_report())
 
 
 @task(
@@ -304,6 +308,7 @@ def worker(c: Context, concurrency: str | None = None, loglevel: str = "info") -
         "task": "generate, chat or summarize (default: generate)",
         "file": "read the text from this file (summarize: the document)",
         "timeout": "seconds to wait for the answer (default 600)",
+        "model": "run it on a worker whose LLM server serves this model (`invoke ps` lists them)",
     }
 )
 @one_line_errors
@@ -313,13 +318,14 @@ def ask(
     task: str = "generate",
     file: str | None = None,
     timeout: str = "600",
+    model: str | None = None,
 ) -> None:
     """Send one task to the worker, wait for the answer, print it and the time it took."""
     from worker.cli import ask as send
 
     wait = number("timeout", timeout, minimum=1)
     load_settings()  # a malformed .env fails here in one line, before Celery reads it
-    answer = send(task, prompt, Path(file) if file else None, wait, say=say)
+    answer = send(task, prompt, Path(file) if file else None, wait, say=say, model=model)
     say(answer.text.strip())
     say(f"({task} answered in {answer.seconds:.1f} s)")
 

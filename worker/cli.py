@@ -17,11 +17,13 @@ from urllib.parse import urlsplit
 
 from kcdev.errors import UserError
 from kcdev.settings import Settings
+from worker import roster
+from worker.queues import DEFAULT_QUEUE, model_of, model_queue
 
 TASKS = ("generate", "chat", "summarize")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-# Seconds to wait for Redis and for workers to answer a ping before calling them absent.
-PROBE_TIMEOUT = 2.0
+# Seconds to wait for Redis and for workers to answer before calling them absent.
+PROBE_TIMEOUT = 1.0
 # Seconds between two "still waiting" lines while a task runs.
 PROGRESS_EVERY = 10.0
 
@@ -92,16 +94,24 @@ def ask(
     file: Path | None,
     timeout: float,
     say: Callable[[str], None] = print,
+    model: str | None = None,
 ) -> Answer:
-    """Send one task, wait for its answer at most `timeout` seconds, and return the answer text."""
+    """Send one task, wait for its answer at most `timeout` seconds, and return the answer text.
+
+    With `model`, the task goes to that model's queue, where only workers whose server serves it
+    take it; without, to the shared queue every worker consumes.
+    """
     if timeout <= 0:
         raise UserError(f"--timeout={timeout} must be greater than 0")
+    if model is not None and not model.strip():
+        raise UserError("--model is empty: give a model name (`invoke ps` lists those served)")
     name, kwargs = task_call(task, prompt, file)
     from worker.celery_app import app  # reads the settings: only now, not at `invoke --list`
 
-    ensure_consumers(app)
+    queue = DEFAULT_QUEUE if model is None else model_queue(model)
+    ensure_consumers(app, queue)
     start = time.monotonic()
-    result = app.send_task(name, kwargs=kwargs)
+    result = app.send_task(name, kwargs=kwargs, queue=queue)
     task_id = result.id
     say(f"sent {task} task {task_id}; waiting up to {timeout:g} s")
     outcome = _wait(result, timeout, say)
@@ -156,8 +166,9 @@ def _wait(result: Any, timeout: float, say: Callable[[str], None] = print) -> An
     return _TimedOut(state)
 
 
-def ensure_consumers(app: Any) -> None:
-    """Fail in one line, within seconds, when Redis is down or no worker would take the task."""
+def ensure_consumers(app: Any, queue: str = DEFAULT_QUEUE) -> None:
+    """Fail in one line, within seconds, when Redis is down or no worker would take the task
+    from `queue`: a task nobody consumes would wait forever."""
     import redis
 
     from kcdev.redis_client import client_from_url
@@ -179,5 +190,27 @@ def ensure_consumers(app: Any) -> None:
         ) from None
     finally:
         client.close()
-    if not app.control.ping(timeout=PROBE_TIMEOUT):
+    found = roster.workers(app, timeout=PROBE_TIMEOUT)
+    if not found:
         raise UserError("no worker is consuming tasks: start one with `invoke worker`")
+    if not roster.consumers_of(found, queue):
+        served = sorted({m for w in found for m in w.models})
+        raise UserError(
+            f"no worker serves model {model_of(queue)!r} (workers serve "
+            f"{', '.join(served) or 'no model queue'}): start a worker beside a server of it, "
+            "or leave out --model"
+        )
+
+
+def workers_report() -> str:
+    """`invoke ps`'s worker section: every worker on the broker, wherever it runs."""
+    from kcdev.console import table
+    from worker.celery_app import app
+
+    try:
+        found = roster.workers(app, timeout=PROBE_TIMEOUT)
+    except Exception as exc:  # kombu/redis-py raise many types for a broker that is not there
+        return f"workers: cannot ask the broker ({type(exc).__name__})"
+    if not found:
+        return "workers: none on the broker: start one with `invoke worker`"
+    return table(roster.rows(found))

@@ -3,16 +3,18 @@
 Values come from kcdev.settings (defaults, `.env`, the environment), where every variable is
 declared, documented and validated once. The choices below are what makes delivery
 at-least-once: a task is lost neither when its worker is killed mid-run nor when Redis restarts
-under it. One window stays open: a message Redis hands to a worker (BRPOP) in the instant it
-shuts down is gone from the queue before the worker has it; kombu's Redis transport cannot
-recover it (a broker with real acknowledgements, such as RabbitMQ, can).
+under it, nor in the instant between taking a message from Redis and recording it
+(worker/reliable_fetch.py closes kombu's gap there).
 """
 
 from __future__ import annotations
 
 from urllib.parse import quote
 
+from kombu import Queue
+
 from kcdev.settings import Settings, load_settings_or_exit
+from worker.queues import DEFAULT_QUEUE, queues_for
 
 # Seconds a command on a Redis connection may take. Without a timeout, a command on a connection
 # Redis dropped silently (a restart behind NAT or a proxy, a failover) waits forever and the
@@ -61,6 +63,12 @@ redis_socket_timeout = SOCKET_TIMEOUT
 redis_socket_connect_timeout = SOCKET_CONNECT_TIMEOUT
 redis_socket_keepalive = True
 redis_backend_health_check_interval = HEALTH_CHECK_INTERVAL
+
+# --- queues ----------------------------------------------------------------------------------
+# A worker consumes its LLM server's model queue and the shared default queue (worker/queues.py):
+# `invoke ask --model NAME` sends to the former, everything else to the latter.
+task_default_queue = DEFAULT_QUEUE
+task_queues = [Queue(name, routing_key=name) for name in queues_for(_settings)]
 
 # --- at-least-once delivery ------------------------------------------------------------------
 # Acknowledge a message only after its task has run: a worker killed mid-task (kill -9, OOM,

@@ -36,6 +36,7 @@ from tests.unit.conftest import (
     ps_lines,
     script_containers,
 )
+from worker import cli as worker_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VLLM_FILE = paths.DOCKER_DIR / "docker-compose.vllm.yml"
@@ -315,6 +316,7 @@ def test_ps_shows_the_table_and_summaries_of_the_running_backend(
     runner.on("docker", "stats", stdout=STATS)
     monkeypatch.setattr(status, "redis_summary", lambda s: f"redis: summary of {s.redis_port}")
     monkeypatch.setattr(status, "llm_summary", lambda s: f"llm-server: summary of {s.port}")
+    monkeypatch.setattr(worker_cli, "workers_report", lambda: "workers: table")
 
     tasks.ps(Context())
 
@@ -325,6 +327,7 @@ def test_ps_shows_the_table_and_summaries_of_the_running_backend(
         "no CPU limit, no memory limit",
         "redis: summary of 6379",
         "llm-server: summary of 8000",
+        "workers: table",
     ]
     stats = [argv for argv in runner.argvs if argv[:2] == ["docker", "stats"]]
     assert stats == [["docker", "stats", "--no-stream", "--format", "{{json .}}", "r1", "l1"]]
@@ -351,10 +354,11 @@ def test_ps_with_redis_alone_skips_the_llm_summary(
         raise AssertionError("llm_summary asked without an llm-server")
 
     monkeypatch.setattr(status, "llm_summary", no_llm)
+    monkeypatch.setattr(worker_cli, "workers_report", lambda: "workers: table")
 
     tasks.ps(Context())
 
-    assert capsys.readouterr().out.splitlines()[-1] == "redis: ok"
+    assert capsys.readouterr().out.splitlines()[-2:] == ["redis: ok", "workers: table"]
 
 
 def test_ps_shows_an_exited_llm_server_as_exited_with_the_way_back(

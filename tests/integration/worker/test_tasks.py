@@ -22,6 +22,7 @@ from tests.support.worker_process import WorkerProcess, probe_counts, run_task
 pytestmark = pytest.mark.integration
 
 RESULT_TIMEOUT = 120
+TINY_MODEL = "tiny-llama"  # the name the servers give tests/support/tiny_gguf.py's model
 # Redis databases of the shared Redis, one per server flavor: tests elsewhere use database 0.
 REDIS_DB = {"llama-server": "11", "llama-cpp-python": "12"}
 DOCUMENT = "\n\n".join(
@@ -44,6 +45,8 @@ def worker_env(redis_server: RedisContainer, llama_server: LlamaCppContainer) ->
         "N_CTX": "512",  # what the fixture serves: llama-cpp-python does not report it
         "N_PARALLEL": "2",
         "SERVED_MODEL_NAME": "",
+        # As the server's .env would say: the worker consumes this model's queue.
+        "MODEL_PATH": f"/models/{TINY_MODEL}.gguf",
     }
     redis_server.client(db=int(env["REDIS_DB"])).flushdb()
     return env
@@ -117,8 +120,9 @@ ASK = """
 import sys
 from kcdev.errors import UserError
 from worker.cli import ask
+model = sys.argv[4] if len(sys.argv) > 4 else None
 try:
-    answer = ask(sys.argv[1], sys.argv[2], None, timeout=float(sys.argv[3]), say=lambda _: None)
+    answer = ask(sys.argv[1], sys.argv[2], None, float(sys.argv[3]), lambda _: None, model)
 except UserError as exc:
     print(f"error: {exc}", file=sys.stderr)
     sys.exit(1)
@@ -127,10 +131,10 @@ print(f"{answer.seconds:.2f} {len(answer.text)}")
 
 
 def ask(
-    env: dict[str, str], task: str, prompt: str, timeout: float = 60
+    env: dict[str, str], task: str, prompt: str, timeout: float = 60, model: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", ASK, task, prompt, str(timeout)],
+        [sys.executable, "-c", ASK, task, prompt, str(timeout), *([model] if model else [])],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False,
     )  # fmt: skip
 
@@ -140,6 +144,24 @@ def test_ask_prints_the_answer(worker_env: dict[str, str], worker: WorkerProcess
     assert done.returncode == 0, done.stderr
     seconds, _ = done.stdout.split()
     assert 0 < float(seconds) < 60
+
+
+def test_ask_with_a_model_runs_on_a_worker_serving_it(
+    worker_env: dict[str, str], worker: WorkerProcess
+) -> None:
+    done = ask(worker_env, "generate", "Hello", model=TINY_MODEL)
+    assert done.returncode == 0, done.stderr
+
+
+def test_ask_for_a_model_nobody_serves_fails_at_once(
+    worker_env: dict[str, str], worker: WorkerProcess
+) -> None:
+    done = ask(worker_env, "generate", "Hello", timeout=600, model="gpt-unknown")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"error: no worker serves model 'gpt-unknown' (workers serve {TINY_MODEL}): start a "
+        "worker beside a server of it, or leave out --model"
+    ]
 
 
 def test_ask_says_when_no_worker_consumes(worker_env: dict[str, str]) -> None:
