@@ -127,6 +127,10 @@ def _host_dir(raw: str) -> str:
     return str(path if path.is_absolute() else ROOT / path)
 
 
+def _optional_host_dir(raw: str) -> str:
+    return "" if raw == "" else _host_dir(raw)
+
+
 def _project_name(raw: str) -> str:
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", raw):
         raise ValueError("must be lowercase letters, digits, '-' or '_'")
@@ -363,6 +367,40 @@ class Settings:
         "http://deb.debian.org/debian",
         "Debian mirror for local base images (registry-less mode)",
         _http_url,
+    )
+    # --- past one machine --------------------------------------------------------------------
+    workers: int = _setting(
+        "0",
+        "Celery workers `invoke up` runs as containers beside the stack (`invoke up --workers N`); "
+        "0 = none, `invoke worker` runs one from the venv",
+        _int_between(0, 64),
+    )
+    redis_tls_port: int = _setting(
+        "6380",
+        "Redis' TLS port, published on BIND_HOST when that is not loopback: worker nodes join "
+        "there (plain-text Redis stays on 127.0.0.1)",
+        _port,
+    )
+    redis_tls_dir: str = _setting(
+        "",
+        "Folder holding ca.pem, client.pem and client-key.pem: when set, clients reach Redis over "
+        "TLS with them (a joined node's workers); empty = plain text on loopback",
+        _optional_host_dir,
+    )
+    cluster_dir: str = _setting(
+        "cluster",
+        "Folder of the cluster's CA, Redis' certificate and a joined node's credentials; keep it "
+        "private (relative = to repo)",
+        _host_dir,
+    )
+    flower_port: int = _setting(
+        "5555", "Flower's port (`invoke up --monitor`), published on 127.0.0.1 only", _port
+    )
+    flower_password: str = _setting(
+        "",
+        "Password of Flower's user `admin`; empty = generated into .env on the first "
+        "`invoke up --monitor`. Never printed",
+        secret=True,
     )
 
     @classmethod

@@ -9,6 +9,9 @@ under it, nor in the instant between taking a message from Redis and recording i
 
 from __future__ import annotations
 
+import ssl
+from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from kombu import Queue
@@ -30,9 +33,28 @@ UNACKED_RESTORE_INTERVAL = 10
 
 
 def redis_url(settings: Settings) -> str:
-    """redis://[:password@]host:port/db, the password URL-encoded: it may hold `@`, `/` or `:`."""
+    """redis[s]://[:password@]host:port/db, the password URL-encoded: it may hold `@`, `/`, `:`.
+
+    rediss (TLS) when REDIS_TLS_DIR holds the credentials of a worker node: the central Redis
+    takes nothing else beyond loopback.
+    """
+    scheme = "rediss" if settings.redis_tls_dir else "redis"
     auth = f":{quote(settings.redis_password, safe='')}@" if settings.redis_password else ""
-    return f"redis://{auth}{settings.redis_host}:{settings.redis_port}/{settings.redis_db}"
+    return f"{scheme}://{auth}{settings.redis_host}:{settings.redis_port}/{settings.redis_db}"
+
+
+def redis_tls(settings: Settings) -> dict[str, Any] | None:
+    """The TLS options of broker and result store: verify the server against the cluster's CA,
+    and present this node's client certificate (Redis asks for one)."""
+    if not settings.redis_tls_dir:
+        return None
+    folder = Path(settings.redis_tls_dir)
+    return {
+        "ssl_cert_reqs": ssl.CERT_REQUIRED,
+        "ssl_ca_certs": str(folder / "ca.pem"),
+        "ssl_certfile": str(folder / "client.pem"),
+        "ssl_keyfile": str(folder / "client-key.pem"),
+    }
 
 
 _settings = load_settings_or_exit()  # a bad .env stops the worker in one line
@@ -40,6 +62,8 @@ _settings = load_settings_or_exit()  # a bad .env stops the worker in one line
 # --- where messages and results live ---------------------------------------------------------
 broker_url = redis_url(_settings)
 result_backend = broker_url
+broker_use_ssl = redis_tls(_settings)
+redis_backend_use_ssl = broker_use_ssl
 broker_transport_options = {
     # Redis has no acknowledgements: a delivered, unacknowledged message is redelivered after
     # this many seconds. It must exceed the task time limit, or a task still running is handed
@@ -127,4 +151,8 @@ task_soft_time_limit = int(_settings.task_time_limit * 0.95)
 result_expires = _settings.result_expires
 # Results say STARTED while running, so a waiting client can tell "queued" from "running".
 task_track_started = True
+# Task events, for Flower (`invoke up --monitor`) to show tasks live: a few small messages per
+# task on Redis' pub/sub, which nobody stores when no monitor listens.
+worker_send_task_events = True
+task_send_sent_event = True
 worker_concurrency = _settings.worker_concurrency

@@ -2,8 +2,8 @@
 
 The foundation (settings, .env, errors, paths, console, files, Redis client, TLS, backends)
 imports only itself; `stack` and `models` import the foundation and never each other; `backup`
-builds on `stack`; `demo` and tasks.py sit on top. Read from the source with `ast`, so a
-violation fails here rather than as an import cycle at run time.
+and `cluster` build on `stack`; `demo` and tasks.py sit on top. Read from the source with `ast`,
+so a violation fails here rather than as an import cycle at run time.
 """
 
 from __future__ import annotations
@@ -22,14 +22,15 @@ ALLOWED = {
     "stack": {"foundation"},
     "models": {"foundation"},
     "backup": {"foundation", "stack"},
-    "demo": {"foundation", "stack", "models", "backup"},
+    "cluster": {"foundation", "stack"},
+    "demo": {"foundation", "stack", "models", "backup", "cluster"},
 }
 
 
 def layer(module: str) -> str:
     """`kcdev.stack.images` -> stack; `kcdev.settings` -> foundation."""
     parts = module.split(".")
-    if len(parts) >= 2 and parts[1] in ("stack", "models", "backup", "demo"):
+    if len(parts) >= 2 and parts[1] in ("stack", "models", "backup", "cluster", "demo"):
         return parts[1]
     return "foundation"
 

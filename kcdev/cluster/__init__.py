@@ -1,0 +1,1 @@
+"""Past one machine: the cluster's certificates, and what a worker node needs to join."""
