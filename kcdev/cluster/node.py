@@ -81,9 +81,7 @@ def joined(cluster_dir: Path) -> Joined | None:
             int(data["db"]), str(data["password"]),
         )  # fmt: skip
     except (OSError, ValueError, KeyError, TypeError):
-        raise UserError(
-            f"{path} is damaged: join again with `invoke up --join FILE`"
-        ) from None
+        raise UserError(f"{path} is damaged: join again with `invoke up --join FILE`") from None
 
 
 def leave(cluster_dir: Path) -> None:

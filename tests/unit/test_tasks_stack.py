@@ -382,6 +382,7 @@ def test_ps_shows_an_exited_llm_server_as_exited_with_the_way_back(
         raise AssertionError("llm_summary asked of an exited server")
 
     monkeypatch.setattr(status, "llm_summary", no_llm)
+    monkeypatch.setattr(worker_cli, "workers_report", lambda: "workers: table")
 
     tasks.ps(Context())
 
@@ -390,6 +391,7 @@ def test_ps_shows_an_exited_llm_server_as_exited_with_the_way_back(
     assert lines[3:] == [
         "llm-server is exited (exit code 137): bring it back with `invoke up`",
         "redis: ok",
+        "workers: table",
     ]
 
 

@@ -1,4 +1,4 @@
-"""The cluster CA: made once, keys private, leaf certificates that chain to it with the right names."""
+"""The cluster CA: made once, private keys, leaf certificates chaining to it, the right names."""
 
 from __future__ import annotations
 
