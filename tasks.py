@@ -25,18 +25,33 @@ from kcdev.stack.docker_cli import Docker
 BACKEND_HELP = "llamacpp, vllm or none (Redis alone); default: LLM_BACKEND from .env"
 
 
-def _project(backend: str | None = None, *, running: bool = False) -> ComposeProject:
+def _project(
+    backend: str | None = None,
+    *,
+    running: bool = False,
+    workers: int | None = None,
+    monitor: bool = False,
+    join: Path | None = None,
+) -> ComposeProject:
     """Validate the input first, then check Docker: bad flags fail fast even without a daemon.
 
-    With `running`, the backend is the one the running stack was started with, if any.
+    With `running`, the backend is the one the running stack was started with, if any. The
+    topology (workers, Flower, Redis over TLS, a worker node's stack) is the flags', else what
+    runs, else the settings' (kcdev/cluster/topology.py).
     """
+    from kcdev.cluster import topology
+
     settings = load_settings()
     chosen = check_backend(backend or settings.llm_backend)
     docker = Docker()
     docker.ensure_daemon()
     project = ComposeProject(settings, chosen, docker)
     if running and backend is None:
-        return project.with_backend(lifecycle.running_backend(project) or chosen)
+        project = project.with_backend(lifecycle.running_backend(project) or chosen)
+    project = topology.for_project(
+        project, workers=workers, monitor=monitor, join=join, look=running, say=say
+    )
+    topology.point_clients_at(project)
     return project
 
 
@@ -56,19 +71,38 @@ def build(c: Context, backend: str | None = None, no_cache: bool = False) -> Non
         "backend": BACKEND_HELP,
         "timeout": "seconds to wait for the stack to be ready (default 600)",
         "keep_on_failure": "leave failed containers in place for inspection",
+        "workers": "Celery workers to run as containers beside the stack (default: those "
+        "running, else WORKERS); 0 stops them",
+        "monitor": "also run Flower, Celery's monitor, on 127.0.0.1:FLOWER_PORT (user admin)",
+        "join": "make this machine a worker node of the central Redis in this join file "
+        "(`invoke cluster-export` makes it there): an LLM server and workers, no Redis",
     }
 )
 @one_line_errors
 def up(
-    c: Context, backend: str | None = None, timeout: str = "600", keep_on_failure: bool = False
+    c: Context,
+    backend: str | None = None,
+    timeout: str = "600",
+    keep_on_failure: bool = False,
+    workers: str | None = None,
+    monitor: bool = False,
+    join: str | None = None,
 ) -> None:
     """Start Redis and the LLM server and wait until they really serve (builds images if needed)."""
     from kcdev.backup.recovery import settle
+    from kcdev.cluster import topology
 
     wait = number("timeout", timeout, minimum=1)
+    count = None if workers is None else int(number("workers", workers, minimum=0, integer=True))
     # Without --backend, a stack that exists keeps its backend: `invoke up` brings a stopped or
     # exited service back and never removes a running LLM server unasked.
-    project = _project(backend, running=True)
+    project = _project(
+        backend, running=True, workers=count, monitor=monitor,
+        join=Path(join) if join else None,
+    )  # fmt: skip
+    if project.topology.node:
+        topology.check_central(project)
+    project = topology.ensure_flower_password(project, say=say)
     configured = project.settings.llm_backend
     if backend is None and project.backend != configured:
         effect = "remove" if configured == "none" else "replace"
@@ -76,12 +110,14 @@ def up(
             f"keeping backend {project.backend} of the existing stack (LLM_BACKEND={configured}): "
             f"`invoke up --backend={configured}` would {effect} its LLM server"
         )
-    settle(project, say)  # a restore cut short is finished or rolled back first, and said so
-    took = lifecycle.up(project, timeout=wait, keep_on_failure=keep_on_failure, say=say)
-    s = project.settings
-    say(f"redis      redis://{s.redis_host}:{s.redis_port}/{s.redis_db}")
-    if project.backend != "none":
-        say(f"llm-server {s.llm_server_url}/v1 (model {s.served_model(project.backend)})")
+    if not project.topology.node:  # a restore cut short is finished or rolled back first
+        settle(project, say)
+    checks = [check for check in [topology.workers_check(project)] if check]
+    took = lifecycle.up(
+        project, timeout=wait, keep_on_failure=keep_on_failure, say=say, extra_checks=checks
+    )
+    for line in topology.endpoints(project):
+        say(line)
     say(f"ready in {took:.1f} s; stop with `invoke down`")
 
 
@@ -337,3 +373,42 @@ def demo(c: Context, timeout: str = "900") -> None:
     from kcdev import demo as tour
 
     tour.run(say, number("timeout", timeout, minimum=1))
+
+
+@task(
+    help={
+        "node": "name of the machine that will join (its client certificate is issued to it)",
+        "address": "name or IP address the node reaches this machine at (default: BIND_HOST)",
+        "out": "file to write (default: <node>.join here); it holds the Redis password: 0600",
+    }
+)
+@one_line_errors
+def cluster_export(
+    c: Context, node: str, address: str | None = None, out: str | None = None
+) -> None:
+    """Write the join file a worker node needs: `invoke up --join FILE` there (keep it private)."""
+    from kcdev.cluster import central
+
+    settings = load_settings()
+    path, reissued = central.export(
+        settings, node=node, address=address, out=Path(out or f"{node}.join")
+    )
+    say(f"wrote {path} for node {node}: copy it to that machine privately, then run there")
+    say(f"  invoke up --join {path.name} --workers N")
+    if reissued:
+        say("Redis' certificate now names that address: run `invoke up` here to present it")
+
+
+@task
+@one_line_errors
+def cluster_leave(c: Context) -> None:
+    """Forget the central Redis this worker node joined (after `invoke down`)."""
+    from kcdev.cluster import node
+
+    project = _project("none")
+    if not project.topology.node:
+        raise UserError("this machine is not a worker node: nothing to leave")
+    if lifecycle.containers(project):
+        raise UserError("the node's stack still runs: stop it with `invoke down` first")
+    node.leave(Path(project.settings.cluster_dir))
+    say("left the cluster: `invoke up` runs a stack of this machine's own again")

@@ -9,9 +9,12 @@ BACKENDS = (*LLM_BACKENDS, "none")
 
 REDIS = "redis"
 LLM_SERVER = "llm-server"
-SERVICES = (REDIS, LLM_SERVER)
+# Optional services: workers as containers (`invoke up --workers N`) and Flower (`--monitor`).
+WORKER = "worker"
+FLOWER = "flower"
+SERVICES = (REDIS, LLM_SERVER, WORKER, FLOWER)
 
 
 def services_for(backend: str) -> list[str]:
-    """The compose services a backend's stack runs."""
+    """The compose services a backend's stack runs (without workers or Flower)."""
     return [REDIS] if backend == "none" else [REDIS, LLM_SERVER]

@@ -6,6 +6,7 @@ alike; the keyspace types describe what a backup holds without needing Docker or
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,10 +34,14 @@ def client(
     db: int = 0,
     timeout: float = 30,
     connect_timeout: float = 5,
+    tls: Mapping[str, Any] | None = None,
 ) -> redis.Redis:
     """A client that does not retry: redis-py's default retries a refused connection for about
     4 s, which would delay every "Redis is down" by that, make each readiness probe that slow
-    while Redis starts, and could send a BGSAVE twice after a dropped connection."""
+    while Redis starts, and could send a BGSAVE twice after a dropped connection.
+
+    `tls`: redis-py's ssl_* options (a worker node's CA, certificate and key for the central).
+    """
     return redis.Redis(
         host=host,
         port=port,
@@ -45,13 +50,20 @@ def client(
         socket_timeout=timeout,
         socket_connect_timeout=connect_timeout,
         retry=Retry(NoBackoff(), 0),
+        **({"ssl": True, **tls} if tls else {}),
     )
 
 
-def client_from_url(url: str, *, timeout: float) -> redis.Redis:
-    """The same kind of client for a redis:// URL (the worker's broker URL)."""
+def client_from_url(
+    url: str, *, timeout: float, tls: Mapping[str, Any] | None = None
+) -> redis.Redis:
+    """The same kind of client for a redis:// or rediss:// URL (the worker's broker URL)."""
     return redis.Redis.from_url(
-        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        **(dict(tls) if tls else {}),
     )
 
 

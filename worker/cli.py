@@ -175,7 +175,7 @@ def ensure_consumers(app: Any, queue: str = DEFAULT_QUEUE) -> None:
 
     url = app.conf.broker_url
     where = f"{urlsplit(url).hostname}:{urlsplit(url).port or 6379}"
-    client = client_from_url(url, timeout=PROBE_TIMEOUT)
+    client = client_from_url(url, timeout=PROBE_TIMEOUT, tls=app.conf.broker_use_ssl or None)
     try:
         client.ping()
     except redis.AuthenticationError:

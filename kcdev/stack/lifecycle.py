@@ -20,12 +20,12 @@ import secrets
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from kcdev import envfile, paths
-from kcdev.backends import LLM_SERVER, REDIS, SERVICES, services_for
+from kcdev.backends import LLM_SERVER, REDIS, SERVICES
 from kcdev.console import Say
 from kcdev.errors import UserError
 from kcdev.stack import images, preflight
@@ -33,6 +33,8 @@ from kcdev.stack.compose import ComposeProject, wants_gpu
 from kcdev.stack.docker_cli import last_line
 
 LOG_LINES = 20
+# A readiness check: the service it waits for, and a probe saying why not yet (None: ready).
+Check = tuple[str, Callable[[], str | None]]
 # How `invoke logs` starts compose: a module attribute, so tests can stand in for it.
 POPEN: Callable[..., subprocess.Popen[str]] = subprocess.Popen
 
@@ -64,8 +66,12 @@ def service_states(project: ComposeProject) -> dict[str, ServiceState]:
                     if p.get("PublishedPort")
                 }
             )
-            states[entry["Service"]] = ServiceState(
-                service=entry["Service"],
+            service = entry["Service"]
+            # A service's replicas (workers) each get a row: worker, worker-2, ...
+            number = str(entry.get("Name", "")).rsplit("-", 1)[-1]
+            key = service if number in ("", "1") or not number.isdigit() else f"{service}-{number}"
+            states[key] = ServiceState(
+                service=service,
                 container_id=entry["ID"],
                 state=entry.get("State", ""),
                 health=entry.get("Health", ""),
@@ -120,8 +126,11 @@ def preflight_problems(project: ComposeProject) -> list[str]:
         preflight.model_problem(settings, backend),
         preflight.gpu_problem(settings, backend, docker, wants_gpu(settings, backend)),
         *preflight.cpu_problems(settings, backend, docker),
-        *preflight.port_problems(settings, backend, docker),
-    ]
+        *preflight.port_problems(
+            settings, backend, docker, node=project.topology.node,
+            monitor=project.topology.monitor,
+        ),
+    ]  # fmt: skip
     return [p for p in problems if p]
 
 
@@ -163,6 +172,7 @@ class Container:
     restarts: int
     health: str  # healthy, unhealthy, starting, or "" without a healthcheck
     backend: str = ""  # for llm-server: the backend whose compose files created it
+    number: int = 1  # compose's replica number: workers run as several
 
     def crashed_since(self, restarts_before: int) -> bool:
         """Exited, or restarted by its restart policy since we looked (a crash loop can look
@@ -171,7 +181,8 @@ class Container:
 
 
 def containers(project: ComposeProject) -> dict[str, Container]:
-    """The project's containers by service: two docker calls, far cheaper than `compose ps`."""
+    """The project's containers by service (`worker-2` for a service's second replica): two
+    docker calls, far cheaper than `compose ps`."""
     label = f"label=com.docker.compose.project={project.name}"
     # Not one-off containers (`compose run`): they share the labels but are not the stack.
     oneoff = "label=com.docker.compose.oneoff=False"
@@ -186,7 +197,9 @@ def containers(project: ComposeProject) -> dict[str, Container]:
         service = labels.get("com.docker.compose.service")
         if not service:
             continue
-        found[service] = Container(
+        number = int(labels.get("com.docker.compose.container-number") or 1)
+        found[service if number == 1 else f"{service}-{number}"] = Container(
+            number=number,
             service=service,
             container_id=entry["Id"],
             status=state.get("Status", ""),
@@ -215,13 +228,15 @@ def up(
     keep_on_failure: bool = False,
     say: Say = print,
     env_file: Path = paths.ENV_FILE,
+    extra_checks: Sequence[Check] = (),
 ) -> float:
     """Bring the backend's stack up and wait until it serves; returns the seconds it took.
 
     `timeout` bounds the wait for readiness, not a first image build (that can take minutes).
     The wait polls the services themselves rather than `compose up --wait`, whose view is only as
     fresh as the last healthcheck probe, and watches the containers for crashes meanwhile.
-    `env_file` receives a generated LLM_API_KEY when there is none.
+    `env_file` receives a generated LLM_API_KEY when there is none. `extra_checks` are waited
+    for after the services' own (the workers answering on the broker, say).
     """
     started = time.monotonic()
     project = ensure_api_key(project, env_file, say)
@@ -234,16 +249,19 @@ def up(
     found = containers(project)
     before = {c.service: c.container_id for c in found.values()}
     restarts = {c.container_id: c.restarts for c in found.values()}
-    services = services_for(project.backend)
+    services = project.services
     switch = _backend_switch(found.get(LLM_SERVER), project.backend)
     if switch:
         say(switch)
     say(f"starting {', '.join(services)} (backend {project.backend}, project {project.name})")
     try:
-        result = project.run("up", "--detach", "--remove-orphans")
+        scale = (
+            ["--scale", f"worker={project.topology.workers}"] if project.topology.workers else []
+        )
+        result = project.run("up", "--detach", "--remove-orphans", *scale)
         if result.returncode != 0:
             raise _start_failure(project, result.stderr, restarts)
-        _wait_ready(project, deadline, timeout, restarts, say)
+        _wait_ready(project, deadline, timeout, restarts, say, extra_checks)
     except UserError:
         if not keep_on_failure:
             _remove_started(project, before)
@@ -280,7 +298,7 @@ class _CrashWatch:
     def __init__(self, project: ComposeProject, restarts: dict[str, int]) -> None:
         self.project = project
         self.restarts = restarts
-        self.services = services_for(project.backend)
+        self.services = project.services
         self.checked = 0.0
 
     def __call__(self) -> None:
@@ -298,18 +316,22 @@ def _wait_ready(
     timeout: float,
     restarts: dict[str, int],
     say: Say = print,
+    extra_checks: Sequence[Check] = (),
 ) -> None:
     from kcdev.stack import readiness
 
     s = project.settings
-    checks: list[tuple[str, Callable[[], str | None]]] = [
-        (REDIS, lambda: readiness.redis_ready(s.redis_host, s.redis_port, s.redis_password)),
-    ]
+    checks: list[Check] = []
+    if not project.topology.node:
+        checks.append(
+            (REDIS, lambda: readiness.redis_ready(s.redis_host, s.redis_port, s.redis_password))
+        )
     model = s.served_model(project.backend)
     if project.backend != "none":
         checks.append(
             (LLM_SERVER, lambda: readiness.llm_ready(s.llm_server_url, model, s.llm_api_key))
         )
+    checks.extend(extra_checks)
     watch = _CrashWatch(project, restarts)
     for service, check in checks:
 
@@ -348,17 +370,16 @@ def _start_failure(project: ComposeProject, stderr: str, restarts: dict[str, int
             f"a port the stack publishes is taken ({last_line(stderr)}): "
             "stop the other program, or set REDIS_PORT / PORT in .env"
         )
-    failure = _container_failure(project, services_for(project.backend), restarts)
+    failure = _container_failure(project, project.services, restarts)
     return failure or UserError(f"docker compose up failed: {last_line(stderr)}")
 
 
 def _container_failure(
     project: ComposeProject, services: list[str], restarts: dict[str, int]
 ) -> UserError | None:
-    found = containers(project)
-    for service in services:
-        container = found.get(service)
-        if container is None:
+    for container in containers(project).values():
+        service = container.service
+        if service not in services:
             continue
         if container.crashed_since(restarts.get(container.container_id, 0)):
             log = service_log(project, service)
@@ -394,9 +415,9 @@ def _exit_hint(code: int, log: str) -> str:
 def _remove_started(project: ComposeProject, before: dict[str, str]) -> None:
     """Remove the containers this `up` created or recreated; volumes (data) are kept."""
     after = containers(project)
-    started = [s for s, c in after.items() if before.get(s) != c.container_id]
-    if started:
-        project.run("rm", "--stop", "--force", *started)
+    started = [c.service for key, c in after.items() if before.get(key) != c.container_id]
+    if started:  # a service with a new replica goes whole: compose removes by service
+        project.run("rm", "--stop", "--force", *dict.fromkeys(started))
 
 
 def down(project: ComposeProject, *, volumes: bool) -> None:

@@ -87,26 +87,48 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def port_problems(settings: Settings, backend: str, docker: Docker) -> list[str]:
-    wanted = {"REDIS_PORT": settings.redis_port}
+def redis_tls(settings: Settings) -> bool:
+    """Redis is published beyond loopback, which it may be over TLS only."""
+    return not ipaddress.ip_address(settings.bind_host).is_loopback
+
+
+def wanted_ports(
+    settings: Settings, backend: str, *, node: bool = False, monitor: bool = False
+) -> dict[str, tuple[str, int]]:
+    """The host ports the stack publishes, by setting: (address, port). Redis' plain-text port
+    and Flower stay on loopback; the LLM server and Redis' TLS port go on BIND_HOST."""
+    wanted: dict[str, tuple[str, int]] = {}
+    if not node:
+        wanted["REDIS_PORT"] = ("127.0.0.1", settings.redis_port)
+        if redis_tls(settings):
+            wanted["REDIS_TLS_PORT"] = (settings.bind_host, settings.redis_tls_port)
     if backend != "none":
-        wanted["PORT"] = settings.port
+        wanted["PORT"] = (settings.bind_host, settings.port)
+    if monitor:
+        wanted["FLOWER_PORT"] = ("127.0.0.1", settings.flower_port)
+    return wanted
+
+
+def port_problems(
+    settings: Settings, backend: str, docker: Docker, *, node: bool = False, monitor: bool = False
+) -> list[str]:
+    wanted = wanted_ports(settings, backend, node=node, monitor=monitor)
     held = ports_held_by_stack(docker, settings.compose_project_name)
     problems = []
-    for name, port in wanted.items():
+    for name, (host, port) in wanted.items():
         if port in held:
             continue
         try:
-            free = port_is_free(settings.bind_host, port)
+            free = port_is_free(host, port)
         except OSError as exc:
             problems.append(
-                f"cannot bind {settings.bind_host}:{port} ({exc.strerror}): set BIND_HOST to an "
+                f"cannot bind {host}:{port} ({exc.strerror}): set BIND_HOST to an "
                 "address of this machine (127.0.0.1, or 0.0.0.0 for every interface)"
             )
             continue
         if not free:
             problems.append(
-                f"port {port} on {settings.bind_host} is taken by another program: "
+                f"port {port} on {host} is taken by another program: "
                 f"stop it, or set {name} to a free port in .env"
             )
     return problems

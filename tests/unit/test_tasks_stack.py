@@ -460,7 +460,10 @@ def test_logs_mask_the_secrets(
 @pytest.mark.parametrize(
     ("kwargs", "error"),
     [
-        ({"service": "bogus"}, "error: unknown service 'bogus': use one of redis, llm-server\n"),
+        (
+            {"service": "bogus"},
+            "error: unknown service 'bogus': use one of redis, llm-server, worker, flower\n",
+        ),
         ({"tail": -1}, "error: --tail=-1 must be at least 0\n"),
     ],
 )
@@ -498,10 +501,10 @@ def test_restart_one_service_waits_and_reports(
 def test_restart_unknown_service_fails_before_docker(
     tasks: ModuleType, runner: ScriptedRunner, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    exits(functools.partial(tasks.restart, Context(), service="worker"))
+    exits(functools.partial(tasks.restart, Context(), service="workers"))
 
     assert capsys.readouterr().err == (
-        "error: unknown service 'worker': use one of redis, llm-server\n"
+        "error: unknown service 'workers': use one of redis, llm-server, worker, flower\n"
     )
     assert runner.calls == []
 
@@ -635,11 +638,11 @@ def assert_one_error_line(result: subprocess.CompletedProcess[str]) -> str:
         (("logs", "--tail=-1"), "error: --tail=-1 must be at least 0"),
         (
             ("logs", "--service=bogus"),
-            "error: unknown service 'bogus': use one of redis, llm-server",
+            "error: unknown service 'bogus': use one of redis, llm-server, worker, flower",
         ),
         (
             ("restart", "--service=bogus"),
-            "error: unknown service 'bogus': use one of redis, llm-server",
+            "error: unknown service 'bogus': use one of redis, llm-server, worker, flower",
         ),
     ],
 )

@@ -279,9 +279,9 @@ def test_check_service_accepts_known_services(service: str | None) -> None:
 
 
 def test_check_service_rejects_unknown_listing_the_valid_ones() -> None:
-    error = raised(lambda: lifecycle.check_service("worker"))
+    error = raised(lambda: lifecycle.check_service("workers"))
 
-    assert str(error) == "unknown service 'worker': use one of redis, llm-server"
+    assert str(error) == "unknown service 'workers': use one of redis, llm-server, worker, flower"
 
 
 def test_service_log_asks_for_the_last_lines_and_labels_them(

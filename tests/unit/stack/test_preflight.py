@@ -252,17 +252,33 @@ def test_port_problems_none_when_ports_are_free(
 def test_port_problems_names_each_taken_port_and_its_setting(
     dirs: MakeSettings, docker: Docker, ports_free: dict[int, bool]
 ) -> None:
-    ports_free.update({6390: False, 8001: False})
+    ports_free.update({6390: False, 6391: False, 8001: False})
+    settings = dirs(redis_port="6390", redis_tls_port="6391", port="8001", bind_host="0.0.0.0")
 
-    problems = preflight.port_problems(
-        dirs(redis_port="6390", port="8001", bind_host="0.0.0.0"), "vllm", docker
-    )
+    problems = preflight.port_problems(settings, "vllm", docker)
 
+    # Plain-text Redis is published on loopback only; beyond it, Redis' TLS port.
     assert problems == [
-        "port 6390 on 0.0.0.0 is taken by another program: "
+        "port 6390 on 127.0.0.1 is taken by another program: "
         "stop it, or set REDIS_PORT to a free port in .env",
+        "port 6391 on 0.0.0.0 is taken by another program: "
+        "stop it, or set REDIS_TLS_PORT to a free port in .env",
         "port 8001 on 0.0.0.0 is taken by another program: "
         "stop it, or set PORT to a free port in .env",
+    ]
+
+
+def test_a_worker_node_publishes_no_redis_and_flower_stays_on_loopback(
+    dirs: MakeSettings, docker: Docker, ports_free: dict[int, bool]
+) -> None:
+    ports_free.update({6379: False, 5555: False})
+    settings = dirs(bind_host="10.0.0.5")
+
+    problems = preflight.port_problems(settings, "llamacpp", docker, node=True, monitor=True)
+
+    assert problems == [
+        "port 5555 on 127.0.0.1 is taken by another program: "
+        "stop it, or set FLOWER_PORT to a free port in .env"
     ]
 
 
@@ -313,7 +329,7 @@ def test_port_problems_with_a_bind_host_not_on_this_machine_is_a_problem_not_a_c
 
     monkeypatch.setattr(socket, "socket", NoSuchAddressSocket)
 
-    problems = preflight.port_problems(dirs(bind_host="192.0.2.10"), "none", docker)
+    problems = preflight.port_problems(dirs(bind_host="192.0.2.10"), "llamacpp", docker, node=True)
 
     assert len(problems) == 1
     assert "BIND_HOST" in problems[0]
