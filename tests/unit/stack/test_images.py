@@ -453,7 +453,8 @@ def test_image_names_for_vllm_follow_the_variant(make_settings: MakeSettings) ->
         "VLLM_IMAGE": VLLM_IMAGE,
     }
     cpu = images.image_names(make_settings(vllm_variant="cpu"), "vllm")
-    assert cpu["VLLM_IMAGE"] == VLLM_CPU_IMAGE == "kc-devenv/vllm-cpu:0.32.0"
+    assert cpu["VLLM_IMAGE"] == VLLM_CPU_IMAGE
+    assert VLLM_CPU_IMAGE.startswith("kc-devenv/vllm-cpu:0.32.0-")
 
 
 def test_image_names_for_llamacpp_cpu_and_cuda(make_settings: MakeSettings) -> None:
@@ -649,10 +650,11 @@ LLM_IMAGES = [
     ("vllm/variant-cpu.yml", "Dockerfile.vllm-cpu", "VLLM_CPU_VERSION"),
     ("vllm/variant-cuda.yml", "Dockerfile.vllm", "VLLM_VERSION"),
 ]
+# The tags by hand (the compose files' defaults); invoke's add a digest of the image's inputs.
 TAGS = {
-    "LLAMA_CPP_PYTHON_VERSION": LLAMACPP_IMAGE,
-    "VLLM_CPU_VERSION": VLLM_CPU_IMAGE,
-    "VLLM_VERSION": VLLM_IMAGE,
+    "LLAMA_CPP_PYTHON_VERSION": images.BY_HAND["LLAMACPP_IMAGE"],
+    "VLLM_CPU_VERSION": images.BY_HAND["VLLM_CPU_IMAGE"],
+    "VLLM_VERSION": images.BY_HAND["VLLM_IMAGE"],
 }
 
 
@@ -693,7 +695,7 @@ def test_the_tag_and_the_installed_version_come_from_one_constant(
     variant = "cpu" if arg == "VLLM_CPU_VERSION" else "cuda"
     env = images.compose_variables(make_settings(vllm_variant=variant), backend)
     assert env[arg] == version
-    assert TAGS[arg] in env.values()
+    assert any(value.startswith(f"{TAGS[arg]}-") for value in env.values())
 
 
 @pytest.mark.parametrize(
@@ -715,3 +717,20 @@ def test_the_base_image_defaults_are_the_official_bases_of_images_py(
 def test_by_hand_interpolation_reads_nested_defaults() -> None:
     assert by_hand("${A:-x:${B:-1.2}}") == "x:1.2"
     assert by_hand("${A:-}${B}") == ""
+
+
+def test_a_tag_names_the_digest_of_what_goes_into_the_image(tmp_path: Path) -> None:
+    """A change to a start script makes a new tag: `invoke up` builds it instead of running an
+    image with yesterday's scripts under the same name."""
+    (tmp_path / "docker" / "redis").mkdir(parents=True)
+    (tmp_path / "docker" / "Dockerfile.redis").write_text("FROM scratch\n")
+    script = tmp_path / "docker" / "redis" / "kc-redis-start"
+    script.write_text("#!/bin/sh\n")
+    inputs = images.IMAGE_INPUTS["REDIS_IMAGE"]
+    before = images.inputs_digest(inputs, tmp_path)
+
+    script.write_text("#!/bin/sh\nexec redis-server\n")
+    images.inputs_digest.cache_clear()  # one command reads the files once
+
+    assert images.inputs_digest(inputs, tmp_path) != before
+    assert re.fullmatch(r"[0-9a-f]{12}", before)
