@@ -31,7 +31,6 @@ def _project(
     running: bool = False,
     workers: int | None = None,
     monitor: bool = False,
-    join: Path | None = None,
 ) -> ComposeProject:
     """Validate the input first, then check Docker: bad flags fail fast even without a daemon.
 
@@ -48,10 +47,8 @@ def _project(
     project = ComposeProject(settings, chosen, docker)
     if running and backend is None:
         project = project.with_backend(lifecycle.running_backend(project) or chosen)
-    project = topology.for_project(
-        project, workers=workers, monitor=monitor, join=join, look=running, say=say
-    )
-    topology.point_clients_at(project)
+    project = topology.for_project(project, workers=workers, monitor=monitor, look=running)
+    topology.point_clients_at_central(project.settings)
     return project
 
 
@@ -90,18 +87,17 @@ def up(
 ) -> None:
     """Start Redis and the LLM server and wait until they really serve (builds images if needed)."""
     from kcdev.backup.recovery import settle
-    from kcdev.cluster import topology
+    from kcdev.cluster import node, topology
 
     wait = number("timeout", timeout, minimum=1)
     count = None if workers is None else int(number("workers", workers, minimum=0, integer=True))
     # Without --backend, a stack that exists keeps its backend: `invoke up` brings a stopped or
     # exited service back and never removes a running LLM server unasked.
-    project = _project(
-        backend, running=True, workers=count, monitor=monitor,
-        join=Path(join) if join else None,
-    )  # fmt: skip
-    if project.topology.node:
-        topology.check_central(project)
+    if join:
+        topology.join(Path(join), load_settings(), say)
+    project = _project(backend, running=True, workers=count, monitor=monitor)
+    if project.topology.node and not join:  # the central may have moved or changed since
+        topology.check_central(node.joined(Path(project.settings.cluster_dir)))
     project = topology.ensure_flower_password(project, say=say)
     configured = project.settings.llm_backend
     if backend is None and project.backend != configured:
@@ -153,7 +149,7 @@ def ps(c: Context) -> None:
         say(status.redis_summary(project.settings))
     if LLM_SERVER in states and states[LLM_SERVER].state == "running":
         say(status.llm_summary(project.settings))
-    if states.get("redis") and states["redis"].state == "running":
+    if project.topology.node or (REDIS in states and states[REDIS].state == "running"):
         from worker.cli import workers_report
 
         say(workers_report())
@@ -331,9 +327,12 @@ def backups(c: Context, folder: str | None = None) -> None:
 @one_line_errors
 def worker(c: Context, concurrency: str | None = None, loglevel: str = "info") -> None:
     """Run a Celery worker in the foreground with the settings loaded (Ctrl-C stops it)."""
+    from kcdev.cluster.topology import point_clients_at_central
     from worker.cli import worker_argv
 
-    argv = worker_argv(load_settings(), concurrency, loglevel)
+    settings = load_settings()
+    point_clients_at_central(settings)  # a worker node's local worker joins the central Redis
+    argv = worker_argv(settings, concurrency, loglevel)
     # Replace this process: Ctrl-C and SIGTERM then reach Celery itself, for a warm shutdown.
     os.execv(argv[0], argv)
 
@@ -360,7 +359,11 @@ def ask(
     from worker.cli import ask as send
 
     wait = number("timeout", timeout, minimum=1)
-    load_settings()  # a malformed .env fails here in one line, before Celery reads it
+    from kcdev.cluster.topology import point_clients_at_central
+
+    # A malformed .env fails here in one line, before Celery reads it; on a worker node, tasks
+    # go to the central Redis.
+    point_clients_at_central(load_settings())
     answer = send(task, prompt, Path(file) if file else None, wait, say=say, model=model)
     say(answer.text.strip())
     say(f"({task} answered in {answer.seconds:.1f} s)")

@@ -52,9 +52,12 @@ def node_dir(cluster_dir: Path) -> Path:
     return cluster_dir / NODE_DIR
 
 
-def keep(bundle: JoinBundle, cluster_dir: Path) -> Joined:
-    """Store the bundle's parts for this node, replacing those of an earlier join."""
+def keep(bundle: JoinBundle, cluster_dir: Path, *, staged: bool = False) -> Joined:
+    """Store the bundle's parts for this node. `staged`: beside the current ones, in node.new/,
+    until `promote` (once the central accepted them) or `discard`."""
     folder = node_dir(cluster_dir)
+    if staged:
+        folder = folder.with_name(f"{NODE_DIR}.new")
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(folder, 0o700)
@@ -85,6 +88,28 @@ def joined(cluster_dir: Path) -> Joined | None:
         )  # fmt: skip
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError(f"{path} is damaged: join again with `invoke up --join FILE`") from None
+
+
+def promote(cluster_dir: Path) -> Joined:
+    """The staged join replaces the current one (the central accepted its credentials)."""
+    staged, folder = node_dir(cluster_dir).with_name(f"{NODE_DIR}.new"), node_dir(cluster_dir)
+    leave(cluster_dir)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for name in ("ca.pem", "client.pem", "client-key.pem", "join.json"):  # join.json last
+        os.replace(staged / name, folder / name)
+    staged.rmdir()
+    found = joined(cluster_dir)
+    assert found is not None
+    return found
+
+
+def discard(cluster_dir: Path) -> None:
+    """Forget a staged join the central refused; the current one, if any, stays."""
+    staged = node_dir(cluster_dir).with_name(f"{NODE_DIR}.new")
+    for name in ("ca.pem", "client.pem", "client-key.pem", "join.json"):
+        (staged / name).unlink(missing_ok=True)
+    if staged.is_dir():
+        staged.rmdir()
 
 
 def leave(cluster_dir: Path) -> None:

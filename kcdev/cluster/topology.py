@@ -20,6 +20,7 @@ from kcdev.backends import FLOWER, WORKER
 from kcdev.cluster import node
 from kcdev.console import Say
 from kcdev.errors import UserError
+from kcdev.settings import Settings
 from kcdev.stack import lifecycle, preflight
 from kcdev.stack.compose import ComposeProject, Topology
 
@@ -31,22 +32,12 @@ def for_project(
     *,
     workers: int | None = None,
     monitor: bool = False,
-    join: Path | None = None,
     look: bool = True,
-    say: Say = print,
 ) -> ComposeProject:
     """The project with its topology: the flags where given, else what runs (unless not `look`:
     `down` and `build` need not know), else the settings."""
     settings = project.settings
-    cluster_dir = Path(settings.cluster_dir)
-    if join is not None:
-        from kcdev.cluster import bundle
-
-        joined: node.Joined | None = node.keep(bundle.read(join), cluster_dir)
-        assert joined is not None
-        say(f"joining the central Redis at {joined.address}:{joined.port} as node {joined.node}")
-    else:
-        joined = node.joined(cluster_dir)
+    joined = node.joined(Path(settings.cluster_dir))
     running = lifecycle.service_states(project).values() if look else []
     running_workers = sum(s.service == WORKER and s.state != "exited" for s in running)
     count = workers if workers is not None else running_workers or settings.workers
@@ -77,14 +68,29 @@ def for_project(
     return project.with_topology(topology)
 
 
-def check_central(project: ComposeProject) -> None:
+def join(path: Path, settings: Settings, say: Say = print) -> node.Joined:
+    """Make this machine a worker node of the central in join file `path`: its credentials are
+    kept only once the central accepted them, so a bad file leaves an earlier join as it was."""
+    from kcdev.cluster import bundle
+
+    cluster_dir = Path(settings.cluster_dir)
+    staged = node.keep(bundle.read(path), cluster_dir, staged=True)
+    say(f"joining the central Redis at {staged.address}:{staged.port} as node {staged.node}")
+    try:
+        check_central(staged)
+    except BaseException:
+        node.discard(cluster_dir)
+        raise
+    return node.promote(cluster_dir)
+
+
+def check_central(joined: node.Joined | None) -> None:
     """Reach the central Redis as the node's workers will, or say in one line why not: a node
     with a wrong certificate or password must not start workers that retry forever."""
     import redis
 
     from kcdev import redis_client
 
-    joined = node.joined(Path(project.settings.cluster_dir))
     if joined is None:
         return
     folder = joined.folder
@@ -98,7 +104,7 @@ def check_central(project: ComposeProject) -> None:
         joined.address, joined.port, joined.password, db=joined.db, timeout=JOIN_TIMEOUT,
         connect_timeout=JOIN_TIMEOUT, tls=tls,
     )  # fmt: skip
-    where = f"the central Redis at {joined.address}:{joined.port}"
+    where = f"the central Redis at {joined.address}:{joined.port}"  # the subject of each line
     try:
         client.ping()
     except redis.AuthenticationError:
@@ -107,7 +113,7 @@ def check_central(project: ComposeProject) -> None:
             "machine (`invoke cluster-export`) and join with it"
         ) from None
     except redis.ConnectionError as exc:
-        raise UserError(f"{where}: {_connection_problem(exc)}") from None
+        raise UserError(f"{where} {_connection_problem(exc)}") from None
     except redis.RedisError as exc:
         raise UserError(f"{where} answered an error ({exc}): see its log") from None
     finally:
@@ -119,17 +125,17 @@ def _connection_problem(exc: Exception) -> str:
     cause = exc.__cause__ or exc.__context__
     if "certificate verify failed" in text or isinstance(cause, ssl.SSLCertVerificationError):
         return (
-            "its certificate is not from the cluster CA in the join file (or does not name that "
-            "address): export a new join file on the central machine"
+            "presented a certificate the join file's CA did not sign (or for another address): "
+            "export a new join file on the central machine (`invoke cluster-export`)"
         )
     if "ssl" in text or "tls" in text or isinstance(cause, ssl.SSLError):
         return (
-            "it refused this node's certificate (another cluster's, or expired): export a new "
-            "join file on the central machine (`invoke cluster-export`)"
+            "refused this node's certificate (another cluster's, or expired): export a new join "
+            "file on the central machine (`invoke cluster-export`)"
         )
     return (
-        f"cannot reach it ({exc}): is the central stack up with BIND_HOST on that address, and "
-        "REDIS_TLS_PORT open between the machines?"
+        f"cannot be reached ({exc}): is the central stack up with BIND_HOST on that address, "
+        "and REDIS_TLS_PORT open between the machines?"
     )
 
 
@@ -161,14 +167,15 @@ def workers_check(project: ComposeProject) -> lifecycle.Check | None:
     return (WORKER, check)
 
 
-def point_clients_at(
-    project: ComposeProject, environ: MutableMapping[str, str] = os.environ
-) -> None:
-    """On a worker node, make this process's Celery clients (`ps`, `ask`, the readiness checks)
-    use the central Redis, as the node's workers do: the environment overrides `.env`."""
-    joined = node.joined(Path(project.settings.cluster_dir)) if project.topology.node else None
+def point_clients_at_central(
+    settings: Settings, environ: MutableMapping[str, str] = os.environ
+) -> bool:
+    """On a worker node, make this process's Celery clients (`ps`, `ask`, `invoke worker`, the
+    readiness checks) use the central Redis, as the node's workers do: the environment overrides
+    `.env`. Returns whether this machine is a node."""
+    joined = node.joined(Path(settings.cluster_dir))
     if joined is None:
-        return
+        return False
     environ.update(
         REDIS_HOST=joined.address,
         REDIS_PORT=str(joined.port),
@@ -176,6 +183,7 @@ def point_clients_at(
         REDIS_PASSWORD=joined.password,
         REDIS_TLS_DIR=str(joined.folder),
     )
+    return True
 
 
 def ensure_flower_password(

@@ -90,12 +90,12 @@ def usage(project: ComposeProject, states: dict[str, ServiceState]) -> dict[str,
 def services_table(states: dict[str, ServiceState], used: dict[str, Usage] | None = None) -> str:
     used = used or {}
     rows = [["SERVICE", "STATE", "HEALTH", "PORTS", "CPU", "MEMORY", "LIMITS"]]
-    for state in states.values():
+    for key, state in states.items():  # key: the service, or worker-2 for a second replica
         shown = state.state if state.state != "exited" else f"exited ({state.exit_code})"
-        now = used.get(state.service)
+        now = used.get(key)
         rows.append(
             [
-                state.service, shown, state.health or "-", state.ports or "-",
+                key, shown, state.health or "-", state.ports or "-",
                 (now.cpu_percent if now else "") or "-", (now.memory_used if now else "") or "-",
                 now.limits if now else "-",
             ]
