@@ -48,7 +48,8 @@ def central(
         BIND_HOST=gateway, PORT=str(port), LLM_SERVER_URL=f"http://{gateway}:{port}",
         REDIS_TLS_PORT=str(free_port()), SERVED_MODEL_NAME="model-a",
         CLUSTER_DIR=str(tmp_path_factory.mktemp("central-cluster")),
-        WORKER_CONCURRENCY="2", **SHORT_VISIBILITY,
+        WORKER_CONCURRENCY="2", FLOWER_PORT=str(free_port()), FLOWER_PASSWORD="flower-pw-42",
+        **SHORT_VISIBILITY,
     ) as stack:  # fmt: skip
         start(stack, "--workers", "2")
         yield stack

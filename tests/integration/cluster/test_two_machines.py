@@ -10,11 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from celery import Celery
 from celery.result import AsyncResult
 
 from kcdev.stack import images
+from tests.integration.cluster.conftest import start
 from tests.support.stack import StackUnderTest
 from tests.support.worker_process import client_app, wait_all
 from worker.queues import model_queue
@@ -83,6 +85,32 @@ def test_ask_for_a_model_no_node_serves_fails_at_once(
         "worker beside a server of it, or leave out --model"
     ]
     assert time.monotonic() - started < 30
+
+
+def flower(stack: StackUnderTest, path: str, auth: bool = True) -> httpx.Response:
+    url = f"http://127.0.0.1:{stack.env['FLOWER_PORT']}{path}"
+    credentials = ("admin", stack.env["FLOWER_PASSWORD"]) if auth else None
+    return httpx.get(url, auth=credentials, timeout=10)
+
+
+def test_flower_shows_every_worker_and_tasks_live_behind_its_password(
+    central: StackUnderTest, node: StackUnderTest
+) -> None:
+    start(central, "--monitor")  # the workers that run are kept
+
+    assert flower(central, "/api/workers", auth=False).status_code == 401
+    workers = flower(central, "/api/workers?refresh=1")
+    assert workers.status_code == 200
+    assert len(workers.json()) == 4, workers.json()  # both machines' workers
+
+    [sent] = send(client_app(central.env), 1)
+    sent.get(timeout=60)
+    deadline = time.monotonic() + 30
+    while sent.id not in flower(central, "/api/tasks").json():
+        assert time.monotonic() < deadline, "Flower never saw the task's events"
+        time.sleep(0.5)
+    assert flower(central, f"/api/task/info/{sent.id}").json()["state"] == "SUCCESS"
+    assert "FLOWER_PASSWORD" not in workers_listed(central)
 
 
 def test_a_node_killed_mid_run_loses_no_task(central: StackUnderTest, node: StackUnderTest) -> None:
