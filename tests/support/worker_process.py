@@ -239,3 +239,20 @@ def probe_counts(client: redis.Redis) -> dict[str, dict[str, int]]:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def worker_environment(redis: Any, db: int, llm_url: str, **settings: str) -> dict[str, str]:
+    """A worker's environment on a test Redis container (database `db`, emptied first) and an
+    LLM server at `llm_url`; `settings` add to or override it."""
+    redis.client(db=db).flushdb()
+    return {
+        **os.environ,
+        "REDIS_HOST": "127.0.0.1",
+        "REDIS_PORT": str(redis.get_exposed_port(6379)),
+        "REDIS_PASSWORD": redis.password,
+        "REDIS_DB": str(db),
+        "LLM_SERVER_URL": llm_url,
+        "N_PARALLEL": "2",
+        "SERVED_MODEL_NAME": "",
+        **settings,
+    }

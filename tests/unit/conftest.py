@@ -73,8 +73,12 @@ class MakeSettings(Protocol):
 
 
 @pytest.fixture
-def runner() -> FakeRunner:
-    return FakeRunner()
+def runner() -> ScriptedRunner:
+    """Docker faked: compose v2 on Engine 27 (start_interval supported); every other command
+    succeeds with no output unless a test scripts it."""
+    fake = ScriptedRunner()
+    fake.on("docker", "version", stdout="1.47\n")
+    return fake
 
 
 @pytest.fixture
@@ -301,3 +305,9 @@ def script_containers(
             answers.setdefault(ids, []).append((0, json.dumps(list(snapshot), indent=4) + "\n", ""))
     for ids, results in answers.items():
         runner.on_calls("docker", "inspect", *ids, results=results)
+
+
+@pytest.fixture
+def ready(monkeypatch: pytest.MonkeyPatch) -> FakeReadiness:
+    """Redis and the LLM server answer the readiness probes as `FakeReadiness` says."""
+    return FakeReadiness().install(monkeypatch)

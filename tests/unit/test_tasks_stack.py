@@ -77,18 +77,6 @@ def settings(make_settings: MakeSettings, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def runner() -> ScriptedRunner:
-    fake = ScriptedRunner()
-    fake.on("docker", "version", stdout="1.47\n")
-    return fake
-
-
-@pytest.fixture
-def ready(monkeypatch: pytest.MonkeyPatch) -> FakeReadiness:
-    return FakeReadiness().install(monkeypatch)
-
-
-@pytest.fixture
 def tasks(
     monkeypatch: pytest.MonkeyPatch,
     settings: Settings,

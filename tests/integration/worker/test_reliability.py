@@ -236,9 +236,9 @@ def test_a_worker_started_before_redis_waits_for_it(
     worker = WorkerProcess(env, tmp_path / "worker.log", name="early", concurrency=1)
     with worker:
         worker.launch()
-        time.sleep(5)
+        wait_for(lambda: "Cannot connect to redis://:**@" in worker.log_text(), 60,
+                 "the worker saying Redis is not there")  # fmt: skip
         assert worker.alive(), worker.log_tail()
-        assert "Cannot connect to redis://:**@" in worker.log_text()
         redis_server.get_wrapped_container().start()
         redis_server.wait_ready()
         app = client_app(env)

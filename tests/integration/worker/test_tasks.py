@@ -6,7 +6,6 @@ words. `invoke ask`'s helper is run the way the task runs it, in a process of it
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from typing import Any
@@ -17,7 +16,7 @@ from celery import Celery
 from kcdev.paths import ROOT
 from tests.support.containers import LlamaCppContainer, RedisContainer
 from tests.support.stack import free_port
-from tests.support.worker_process import WorkerProcess, probe_counts, run_task
+from tests.support.worker_process import WorkerProcess, probe_counts, run_task, worker_environment
 
 pytestmark = pytest.mark.integration
 
@@ -35,21 +34,11 @@ DOCUMENT = "\n\n".join(
 @pytest.fixture(scope="module")
 def worker_env(redis_server: RedisContainer, llama_server: LlamaCppContainer) -> dict[str, str]:
     """The environment of a worker using the shared Redis and one llama.cpp server flavor."""
-    env = {
-        **os.environ,
-        "REDIS_HOST": "127.0.0.1",
-        "REDIS_PORT": str(redis_server.get_exposed_port(6379)),
-        "REDIS_PASSWORD": redis_server.password,
-        "REDIS_DB": REDIS_DB[llama_server.flavor],
-        "LLM_SERVER_URL": llama_server.base_url,
-        "N_CTX": "512",  # what the fixture serves: llama-cpp-python does not report it
-        "N_PARALLEL": "2",
-        "SERVED_MODEL_NAME": "",
-        # As the server's .env would say: the worker consumes this model's queue.
-        "MODEL_PATH": f"/models/{TINY_MODEL}.gguf",
-    }
-    redis_server.client(db=int(env["REDIS_DB"])).flushdb()
-    return env
+    return worker_environment(
+        redis_server, int(REDIS_DB[llama_server.flavor]), llama_server.base_url,
+        N_CTX="512",  # what the fixture serves: llama-cpp-python does not report it
+        MODEL_PATH=f"/models/{TINY_MODEL}.gguf",  # as the server's .env: its model's queue
+    )  # fmt: skip
 
 
 def run(app: Celery, task: str, **kwargs: Any) -> Any:

@@ -7,7 +7,6 @@ Results are checked for their shape, as the tiny model writes meaningless text.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
@@ -15,7 +14,7 @@ from celery import Celery
 
 from tests.support.containers import RedisContainer
 from tests.support.vllm_server import VllmCpuContainer
-from tests.support.worker_process import WorkerProcess, probe_counts, run_task
+from tests.support.worker_process import WorkerProcess, probe_counts, run_task, worker_environment
 
 pytestmark = pytest.mark.integration
 
@@ -32,19 +31,8 @@ DOCUMENT = "\n\n".join(
 @pytest.fixture(scope="module")
 def worker_env(redis_server: RedisContainer, vllm_server: VllmCpuContainer) -> dict[str, str]:
     """A worker's environment for the shared Redis and vLLM, N_CTX wrong: vLLM reports its own."""
-    env = {
-        **os.environ,
-        "REDIS_HOST": "127.0.0.1",
-        "REDIS_PORT": str(redis_server.get_exposed_port(6379)),
-        "REDIS_PASSWORD": redis_server.password,
-        "REDIS_DB": REDIS_DB,
-        "LLM_SERVER_URL": vllm_server.base_url,
-        "N_CTX": "8192",  # wrong on purpose: the worker must use vLLM's max_model_len instead
-        "N_PARALLEL": "2",
-        "SERVED_MODEL_NAME": "",
-    }
-    redis_server.client(db=int(REDIS_DB)).flushdb()
-    return env
+    # N_CTX is wrong on purpose: the worker must use vLLM's max_model_len instead.
+    return worker_environment(redis_server, int(REDIS_DB), vllm_server.base_url, N_CTX="8192")
 
 
 def run(app: Celery, task: str, **kwargs: Any) -> Any:

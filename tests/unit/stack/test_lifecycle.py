@@ -80,14 +80,6 @@ class MakeProject(Protocol):
 
 
 @pytest.fixture
-def runner() -> ScriptedRunner:
-    """Compose v2 on Engine 27 (start_interval supported); every other command succeeds."""
-    fake = ScriptedRunner()
-    fake.on("docker", "version", stdout="1.47\n")
-    return fake
-
-
-@pytest.fixture
 def model_dirs(tmp_path: Path) -> tuple[Path, Path]:
     """GGUF_DIR with /models/model.gguf, HF_DIR with /models/model/config.json."""
     gguf, hf = tmp_path / "gguf", tmp_path / "hf"
@@ -109,11 +101,6 @@ def ports_asked(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
 
     monkeypatch.setattr(preflight, "port_is_free", free)
     return asked
-
-
-@pytest.fixture
-def ready(monkeypatch: pytest.MonkeyPatch) -> FakeReadiness:
-    return FakeReadiness().install(monkeypatch)
 
 
 @pytest.fixture
