@@ -99,7 +99,9 @@ def contents(server: Any, dbs: tuple[int, ...] = (0, 1)) -> Contents:
             db=db, decode_responses=True, encoding_errors="surrogateescape"
         )
         try:
-            keys = sorted(client.scan_iter(count=1000))
+            # Not kombu's own routing tables (`_kombu.binding*`): `invoke ps` asks the workers
+            # through Celery's control API, and kombu records its reply queue's binding there.
+            keys = sorted(k for k in client.scan_iter(count=1000) if not k.startswith("_kombu."))
             pipe = client.pipeline(transaction=False)
             for key in keys:
                 pipe.type(key)

@@ -16,7 +16,7 @@ from kcdev.paths import ROOT
 from kcdev.settings import load_settings
 from kcdev.stack.compose import ComposeProject, compose_files
 from kcdev.stack.docker_cli import Docker
-from kcdev.stack.images import LLAMA_CPP_PYTHON_VERSION, LLAMACPP_IMAGE
+from kcdev.stack.images import BY_HAND, LLAMA_CPP_PYTHON_VERSION, LLAMACPP_IMAGE
 from tests.support.stack import free_port
 from tests.support.tiny_gguf import write_tiny_llama
 
@@ -96,7 +96,7 @@ def test_the_by_hand_config_with_the_sample_settings_mounts_the_repos_models(
     (mount,) = service["volumes"]
     assert (mount["type"], mount["target"], mount["read_only"]) == ("bind", "/models", True)
     assert Path(mount["source"]).resolve() == (ROOT / "models" / "gguf").resolve()
-    assert service["image"] == LLAMACPP_IMAGE
+    assert service["image"] == BY_HAND["LLAMACPP_IMAGE"]  # invoke adds the inputs' digest
     assert service["build"]["args"]["LLAMA_CPP_PYTHON_VERSION"] == LLAMA_CPP_PYTHON_VERSION
 
 
@@ -158,4 +158,4 @@ def test_the_llamacpp_image_installs_the_version_its_tag_names() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == LLAMA_CPP_PYTHON_VERSION
-    assert LLAMACPP_IMAGE.endswith(f":{LLAMA_CPP_PYTHON_VERSION}")
+    assert f":{LLAMA_CPP_PYTHON_VERSION}-" in LLAMACPP_IMAGE

@@ -105,6 +105,7 @@ def test_invoke_up_serves_the_model_then_down_removes_it(
         completion = httpx.post(
             f"{stack.llm_url}/v1/completions",
             json={"model": MODEL, "prompt": "Hello", "max_tokens": 4, "ignore_eos": True},
+            headers=stack.llm_auth,
             timeout=60,
         )
         completion.raise_for_status()
