@@ -6,6 +6,7 @@ Every session installs with `constraints.txt`, the exact versions the tests last
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -96,14 +97,18 @@ def unit(session: nox.Session) -> None:
 
 @nox.session
 def integration(session: nox.Session) -> None:
-    """Integration tests against real Redis and llama.cpp containers (slow: builds images once).
+    """Integration tests against real containers (slow: builds the images the first time).
 
-    The first run builds the images, about 7 min on 2 cores; later runs reuse them."""
+    The first run builds the images, about 12 min on 2 cores; later runs reuse them. Tests run
+    in INTEGRATION_PROCESSES processes (default 4): most of their time is waiting, which
+    overlaps; tests/integration/conftest.py keeps the vLLM tests in one of them."""
     _install(session, "-e", ".[test]")
     session.run("invoke", "build", "--backend=llamacpp")
+    processes = os.environ.get("INTEGRATION_PROCESSES", "4")
     session.run(
-        "pytest", "tests/integration", "-m", "integration", "--timeout=900", *session.posargs
-    )
+        "pytest", "tests/integration", "-m", "integration", "--timeout=900",
+        "-n", processes, "--dist", "loadgroup", *session.posargs,
+    )  # fmt: skip
 
 
 @nox.session

@@ -51,6 +51,20 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["TESTCONTAINERS_RYUK_DISABLED"] = "false" if can_run else "true"
 
 
+VLLM_FIXTURES = {"vllm_server", "vllm_cpu_image"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`--dist loadgroup`, as `nox -s integration` runs it), the tests that
+    need vLLM share one process: each process would start a vLLM of its own, a minute and a GB
+    each. Other tests go wherever a process is free; a module whose tests build on one another
+    says so with its own `xdist_group`."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if item.get_closest_marker("xdist_group") is None and fixtures & VLLM_FIXTURES:
+            item.add_marker(pytest.mark.xdist_group("vllm"))
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Last line of cleanup: remove any container this test process created and left behind.
 

@@ -21,7 +21,9 @@ from tests.support.stack import StackUnderTest
 from tests.support.worker_process import client_app, wait_all
 from worker.queues import model_queue
 
-pytestmark = pytest.mark.integration
+# One process for the module under pytest-xdist: its tests build on one another (the node is
+# killed late, and the refusals need its network).
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("cluster")]
 
 TASKS = 200
 
