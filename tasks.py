@@ -108,7 +108,7 @@ def up(
         )
     if not project.topology.node:  # a restore cut short is finished or rolled back first
         settle(project, say)
-    checks = [check for check in [topology.workers_check(project)] if check]
+    checks = [c for c in (topology.workers_check(project), topology.flower_check(project)) if c]
     took = lifecycle.up(
         project, timeout=wait, keep_on_failure=keep_on_failure, say=say, extra_checks=checks
     )

@@ -222,3 +222,21 @@ def endpoints(project: ComposeProject) -> list[str]:
     if t.monitor:
         lines.append(f"flower     http://127.0.0.1:{s.flower_port} (user admin, FLOWER_PASSWORD)")
     return lines
+
+
+def flower_check(project: ComposeProject) -> lifecycle.Check | None:
+    """Ready when Flower answers its health route (its port opens only once it runs)."""
+    if not project.topology.monitor:
+        return None
+    url = f"http://127.0.0.1:{project.settings.flower_port}/healthcheck"
+
+    def check() -> str | None:
+        import httpx
+
+        try:
+            answer = httpx.get(url, timeout=2)
+        except httpx.HTTPError as exc:
+            return f"Flower does not answer ({type(exc).__name__})"
+        return None if answer.status_code == 200 else f"Flower answered {answer.status_code}"
+
+    return (FLOWER, check)

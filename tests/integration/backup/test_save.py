@@ -55,7 +55,8 @@ def test_round_trip_of_10000_keys_survives_the_restore_and_two_restarts(
     # when one is gone, so are its twins inside the backup.
     write_keys(client, 100, prefix="short", ttl_ms=4_000, ttl_every=1)  # gone before the restore
     write_keys(client, 1, prefix="short-canary", db=2, ttl_ms=4_000, ttl_every=1)
-    write_keys(client, 100, prefix="mid", ttl_ms=12_000, ttl_every=1)  # gone before restart 2
+    # Long enough to outlast the backup and restore on a loaded machine (tests run in parallel).
+    write_keys(client, 100, prefix="mid", ttl_ms=60_000, ttl_every=1)  # gone before restart 2
     lasting = {k: v for k, v in contents(server).items() if not k[1].startswith(("short", "mid"))}
     mid = {k: v for k, v in contents(server).items() if k[1].startswith("mid")}
     mid_keys = [key for _, key in mid]
@@ -76,7 +77,7 @@ def test_round_trip_of_10000_keys_survives_the_restore_and_two_restarts(
 
     assert found == {0: DbKeys(8_100, 500), 1: DbKeys(2_000, 100)}  # short:* expired on load
     assert contents(server) == lasting | mid  # values and the very same expiry times
-    assert 0 < min(client.pttl(key) for key in mid_keys) <= 12_000
+    assert 0 < min(client.pttl(key) for key in mid_keys) <= 60_000
     assert client.config_get("appendonly") == {"appendonly": "yes"}
     data = server.docker("exec", server.container_id, "ls", "-A", "/data").stdout.split()
     assert sorted(data) == ["appendonlydir", "dump.rdb"]  # the old AOF, set aside, is gone
@@ -86,7 +87,7 @@ def test_round_trip_of_10000_keys_survives_the_restore_and_two_restarts(
     server.restart_and_wait()
     assert contents(server) == lasting | mid  # the AOF holds the restored data
 
-    readiness.wait_until(lambda: gone(client, mid_keys), time.monotonic() + 30)  # they expire
+    readiness.wait_until(lambda: gone(client, mid_keys), time.monotonic() + 90)  # they expire
     server.restart_and_wait()
     assert contents(server) == lasting  # and stay gone: the AOF did not bring them back
     assert all(0 < client.ttl(f"k:{i}") <= 3600 for i in range(0, 8_000, 20))

@@ -5,7 +5,9 @@ The central publishes that port (and its LLM server) on the Docker bridge's gate
 which containers of any network reach through the host and which is not loopback, so Redis
 must speak TLS there; the node's workers reach it at that address, as a second machine would
 reach the first. Each stack runs the tiny test model under a name of its own (model-a,
-model-b), so a task's answer says which node ran it.
+model-b), so a task's answer says which node ran it. The stacks are session-scoped: the module
+runs in one pytest-xdist process, where module scope would tear them down whenever a test of
+another module ran in between.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def start(stack: StackUnderTest, *args: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def central(
     tiny_model: Path, gateway: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[StackUnderTest]:
@@ -55,7 +57,7 @@ def central(
         yield stack
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def join_file(central: StackUnderTest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("join") / "node-b.join"
     done = central.invoke("cluster-export", "--node", "node-b", "--out", str(path))
@@ -63,7 +65,7 @@ def join_file(central: StackUnderTest, tmp_path_factory: pytest.TempPathFactory)
     return path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def node(
     central: StackUnderTest,
     join_file: Path,
