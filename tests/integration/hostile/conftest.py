@@ -129,10 +129,11 @@ def shared_stack(
 @pytest.fixture
 def run_case(
     workspace: Workspace, request: pytest.FixtureRequest, hostile_root: Path
-) -> Callable[[Case], Result]:
+) -> Callable[..., Result]:
     """Run one case: arrange, fingerprint, `invoke`, fingerprint again; check the one line."""
 
-    def run(case: Case) -> Result:
+    def run(case: Case, **values: object) -> Result:
+        """`values` are handed to the case's functions in `ctx.values` (other fixtures)."""
         stack: SharedStack | None = None
         if case.stack:
             stack = request.getfixturevalue("shared_stack")
@@ -143,6 +144,7 @@ def run_case(
             workspace, scratch, stack.settings if stack else None,
             [workspace.gguf_dir, workspace.hf_dir, workspace.backups],
         )  # fmt: skip
+        ctx.values.update(values)
         try:
             if case.arrange is not None:
                 case.arrange(ctx)
@@ -154,6 +156,7 @@ def run_case(
             after = Fingerprint.take(workspace, watched, redis_at)
             secret_values = [workspace.env.get(k, "") for k in ("REDIS_PASSWORD", "LLM_API_KEY")]
             line = error_line(result, [s for s in secret_values if s])
+            print(f"{case.id}: {line}")  # the table of what each case says: pytest -rP
             expected = case.expect(ctx) if callable(case.expect) else case.expect
             for text in expected:
                 assert text in line, f"{text!r} not in the error line\n{result}"

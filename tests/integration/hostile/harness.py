@@ -158,7 +158,7 @@ def entry(path: Path) -> str:
     opens anything but a regular file (a FIFO would block)."""
     try:
         st = path.lstat()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return "absent"
     mode = stat.S_IMODE(st.st_mode)
     if stat.S_ISLNK(st.st_mode):
@@ -323,7 +323,7 @@ class Case:
     id: str
     args: Sequence[str] | Callable[[Context], Sequence[str]]
     expect: Sequence[str] | Callable[[Context], Sequence[str]] = ()
-    arrange: Callable[[Context], None] | None = None
+    arrange: Callable[[Context], object] | None = None
     stack: bool = False  # needs the shared running stack (its project, ports and data)
     within: float | None = None  # must fail within this many seconds
     timeout: float = 180
