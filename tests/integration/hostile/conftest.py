@@ -49,6 +49,9 @@ def hostile_root() -> Iterator[Path]:
     try:
         yield folder
     finally:
+        # No case leaves a path immutable (tests/support/unwritable.py undoes it); in case one
+        # was interrupted, rmtree could not remove it.
+        subprocess.run(["chattr", "-R", "-i", str(folder)], capture_output=True, check=False)
         shutil.rmtree(folder, ignore_errors=True)
 
 

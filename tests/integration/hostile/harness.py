@@ -27,7 +27,7 @@ import pytest
 import redis
 
 from kcdev.settings import Settings
-from tests.support.redis_data import Contents, contents
+from tests.support.redis_data import Contents, contents, difference
 from tests.support.stack import free_port
 
 # What a copy of the repository needs to run every task: the rest (tests, benchmarks) is not read.
@@ -256,7 +256,7 @@ class Fingerprint:
                 if was != is_:
                     found.append(f"{folder}/{path}: {was} -> {is_}")
         if self.redis != after.redis:
-            found.append("redis: the data changed")
+            found.append(f"redis: {difference(self.redis or {}, after.redis or {})}")
         if self.stack != after.stack:
             found.append(f"stack: {self.stack} -> {after.stack}")
         return found
