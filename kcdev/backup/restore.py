@@ -32,7 +32,7 @@ from kcdev.backup.holdpoints import hold
 from kcdev.backup.incoming import Expectation, Incoming, verify_file
 from kcdev.backup.journal import Journal, JournalError, restoring
 from kcdev.backup.redis_target import RedisTarget, config_value, connect, ready_reason
-from kcdev.backup.save import backup
+from kcdev.backup.save import backup, prepare_folder
 from kcdev.console import Say, confirm
 from kcdev.errors import UserError
 from kcdev.redis_client import Keyspace, keyspace, total_keys
@@ -201,6 +201,9 @@ def restore(
                 f"Replace all data in Redis ({target.source}, {current} keys) with "
                 f"{incoming.described()}? A safety backup is taken first."
             )
+        # The safety backup goes there: a folder that cannot take it stops the restore before
+        # it begins (made only now: a restore refused at the question leaves nothing behind).
+        prepare_folder(backups_dir.resolve(), 0, "--backups-dir")
         restorer = Restorer(docker, target, journal, timeout)
         with interrupts.as_exceptions():
             return _run(restorer, incoming, expect, layout, backups_dir, timeout, say)

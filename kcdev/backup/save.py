@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -170,17 +171,37 @@ def snapshot_and_copy(
         ) from None
 
 
-def prepare_folder(folder: Path, needed: int) -> Path:
+def prepare_folder(folder: Path, needed: int, flag: str = "--output-dir") -> Path:
+    """The backup folder, made when missing and proved writable before Redis is asked for a
+    snapshot, with room for `needed` bytes; `flag` is the option that names it.
+
+    Writing (and removing) a file is the only sure test: root passes every permission check yet
+    cannot write to an immutable folder or a read-only disk; found out only when `docker cp`
+    fails, it cost a snapshot first, and the message said nothing of the folder.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder} is a file, not a folder: choose another {flag}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot create the backup folder {folder} ({exc.strerror})") from None
+        raise UserError(
+            f"cannot create the backup folder {folder} ({exc.strerror}): choose another {flag}"
+        ) from None
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".kc-write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(
+            f"cannot write to the backup folder {folder} ({exc.strerror}): make it writable for "
+            f"this user, or choose another {flag}"
+        ) from None
     free = files.free_bytes(folder)
     if free < needed:
         raise UserError(
             f"not enough disk space in {folder}: {human_size(free)} free, the backup "
             f"may need {human_size(needed)} (Redis' used_memory): free some space or "
-            "choose another --output-dir"
+            f"choose another {flag}"
         )
     return folder
 
@@ -257,7 +278,8 @@ def _backup(
 ) -> Path:
     deadline = time.monotonic() + timeout
     redis_version = str(client.info("server")["redis_version"])
-    folder = prepare_folder(output_dir, int(client.info("memory")["used_memory"]))
+    flag = "--backups-dir" if kind == "pre-restore" else "--output-dir"
+    folder = prepare_folder(output_dir, int(client.info("memory")["used_memory"]), flag)
     source = f"{config_value(client, 'dir').rstrip('/')}/{config_value(client, 'dbfilename')}"
     store.remove_stale_partials(folder)
     # The pid says whose it is: a partial whose process is gone (SIGKILL) is removed next time.

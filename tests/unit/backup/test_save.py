@@ -6,6 +6,7 @@ script, so every interleaving the real server can produce is played in order, wi
 
 from __future__ import annotations
 
+import errno
 import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
@@ -266,6 +267,32 @@ def test_folder_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(UserError, match="cannot create the backup folder"):
         save.prepare_folder(blocker / "out", 0)
+
+
+def test_a_file_given_as_the_folder_is_refused(tmp_path: Path) -> None:
+    given = tmp_path / "file"
+    given.write_text("mine")
+    with pytest.raises(UserError, match=r"file is a file, not a folder: choose another"):
+        save.prepare_folder(given, 0)
+    assert given.read_text() == "mine"
+
+
+def test_a_folder_that_cannot_be_written_is_refused_before_any_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As root, permission bits do not stop the write: the probe itself is made to fail."""
+
+    def refuse(**kwargs: object) -> tuple[int, str]:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr("kcdev.backup.save.tempfile.mkstemp", refuse)
+    with pytest.raises(UserError) as caught:
+        save.prepare_folder(tmp_path, 0)
+    assert str(caught.value) == (
+        f"cannot write to the backup folder {tmp_path} (Permission denied): make it writable "
+        "for this user, or choose another --output-dir"
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 def snapshot() -> save.Snapshot:

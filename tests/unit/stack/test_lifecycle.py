@@ -1116,6 +1116,27 @@ def test_up_without_a_key_generates_one_into_env_unprinted(
     assert env_file.read_text().startswith("# mine\nLLM_BACKEND=llamacpp\n")
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [{"model_path": "/models/absent.gguf"}, {"bind_host": "0.0.0.0"}],
+    ids=["missing-model", "exposed-without-redis-password"],
+)
+def test_up_refused_before_starting_leaves_env_without_a_key(
+    make_project: MakeProject, runner: ScriptedRunner, tmp_path: Path, overrides: dict[str, str]
+) -> None:
+    """A refused `up` changes nothing: the key is generated only once the checks pass."""
+    env_file = tmp_path / ".env"
+    env_file.write_text("# mine\nLLM_BACKEND=llamacpp\n")
+    project = make_project(warm=False, llm_api_key="", **overrides)
+    said: list[str] = []
+
+    raised(lambda: lifecycle.up(project, timeout=600, say=said.append, env_file=env_file))
+
+    assert env_file.read_text() == "# mine\nLLM_BACKEND=llamacpp\n"
+    assert said == []
+    assert_only_preflight_ran(runner)
+
+
 def test_up_keeps_a_key_that_is_set(
     make_project: MakeProject, ready: FakeReadiness, tmp_path: Path
 ) -> None:
