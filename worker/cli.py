@@ -16,9 +16,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from kcdev.errors import UserError
+from kcdev.queues import DEFAULT_QUEUE, model_of, model_queue
 from kcdev.settings import Settings
 from worker import roster
-from worker.queues import DEFAULT_QUEUE, model_of, model_queue
 
 TASKS = ("generate", "chat", "summarize")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")

@@ -16,8 +16,8 @@ from urllib.parse import quote
 
 from kombu import Queue
 
+from kcdev.queues import DEFAULT_QUEUE, queues_for
 from kcdev.settings import Settings, load_settings_or_exit
-from worker.queues import DEFAULT_QUEUE, queues_for
 
 # Seconds a command on a Redis connection may take. Without a timeout, a command on a connection
 # Redis dropped silently (a restart behind NAT or a proxy, a failover) waits forever and the

@@ -36,7 +36,8 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
-DEAD_LETTER_PREFIX = "kc.dead-letter."
+from kcdev.queues import DEAD_LETTER_PREFIX, dead_letter_key
+
 # Seconds an idle worker with several queues waits on one of them before looking at the others.
 MULTI_QUEUE_WAIT = 0.1
 
@@ -69,10 +70,6 @@ for i = 3, #KEYS, 2 do
 end
 return {false, false, moved}
 """
-
-
-def dead_letter_key(queue: str) -> str:
-    return DEAD_LETTER_PREFIX + queue
 
 
 def reliable_queues(channel: Any) -> list[str] | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from worker.queues import model_of
+from kcdev.queues import model_of
 
 # Seconds to wait for workers to answer: replies on a working broker take milliseconds.
 INSPECT_TIMEOUT = 1.0

@@ -15,6 +15,7 @@ import redis
 
 from kcdev import redis_client
 from kcdev.console import human_size, table
+from kcdev.queues import DEAD_LETTER_PREFIX, DEFAULT_QUEUE, MODEL_QUEUE_PREFIX
 from kcdev.redis_client import keyspace, total_keys
 from kcdev.settings import Settings
 from kcdev.stack.compose import ComposeProject
@@ -30,7 +31,6 @@ METRICS = (
     "vllm:num_requests_waiting",
     "vllm:generation_tokens_total",
 )
-CELERY_QUEUE = "celery"
 
 
 @dataclass(frozen=True)
@@ -126,16 +126,31 @@ def redis_summary(settings: Settings) -> str:
     try:
         info = client.info()
         keys = total_keys(keyspace(info))
-        queued = client.llen(CELERY_QUEUE)
+        waiting = _list_lengths(client, [DEFAULT_QUEUE], f"{MODEL_QUEUE_PREFIX}*")
+        dead = _list_lengths(client, [], f"{DEAD_LETTER_PREFIX}*")
     except redis.RedisError as exc:
         return f"redis: unavailable ({settings.redact(str(exc))})"
     finally:
         client.close()
-    return (
+    line = (
         f"redis {info['redis_version']}: {info['used_memory_human']} used, {keys} keys, "
-        f"{info['instantaneous_ops_per_sec']} ops/s; "
-        f"celery queue {CELERY_QUEUE!r}: {queued} waiting"
+        f"{info['instantaneous_ops_per_sec']} ops/s; waiting: "
+        + ", ".join(f"{queue} {count}" for queue, count in waiting.items())
     )
+    if dead:
+        shown = ", ".join(f"{queue} {count}" for queue, count in dead.items())
+        line += (
+            f"\nredis: messages moved aside as not Celery's ({shown}): read them with "
+            f"`redis-cli LRANGE <list> 0 -1`, then DEL the list"
+        )
+    return line
+
+
+def _list_lengths(client: redis.Redis, names: list[str], pattern: str) -> dict[str, int]:
+    """The lengths of `names` and of the lists matching `pattern` (queues are Redis lists)."""
+    found = sorted({*names, *(str(k) for k in client.scan_iter(match=pattern, count=1000))})
+    lengths = [client.llen(name) for name in found]
+    return dict(zip(found, lengths, strict=True))
 
 
 def parse_metrics(text: str) -> dict[str, float]:

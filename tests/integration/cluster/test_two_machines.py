@@ -15,11 +15,11 @@ import pytest
 from celery import Celery
 from celery.result import AsyncResult
 
+from kcdev.queues import model_queue
 from kcdev.stack import images
 from tests.integration.cluster.conftest import start
 from tests.support.stack import StackUnderTest
 from tests.support.worker_process import client_app, wait_all
-from worker.queues import model_queue
 
 # One process for the module under pytest-xdist: its tests build on one another (the node is
 # killed late, and the refusals need its network).

@@ -22,9 +22,9 @@ from celery import Celery
 from celery.result import AsyncResult
 
 from kcdev.paths import ROOT
+from kcdev.queues import dead_letter_key
 from tests.support.worker_containers import RestartableLlama, RestartableRedis
 from tests.support.worker_process import WorkerProcess, client_app, probe_counts, wait_all
-from worker.reliable_fetch import dead_letter_key
 
 pytestmark = pytest.mark.integration
 

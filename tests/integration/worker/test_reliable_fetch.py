@@ -15,8 +15,9 @@ from urllib.parse import quote
 import pytest
 from kombu import Connection, Queue
 
+from kcdev.queues import dead_letter_key
 from tests.support.containers import RedisContainer
-from worker.reliable_fetch import FETCH_AND_RECORD, dead_letter_key
+from worker.reliable_fetch import FETCH_AND_RECORD
 
 pytestmark = pytest.mark.integration
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Any, ClassVar
 from unittest.mock import ANY
 
@@ -213,9 +214,13 @@ class FakeRedis:
             "db3": {"keys": 3, "expires": 0, "avg_ttl": 0},
         }
 
+    lists: ClassVar[dict[str, int]] = {"celery": 5, "model.qwen": 2}
+
     def llen(self, key: str) -> int:
-        assert key == "celery"
-        return 5
+        return FakeRedis.lists[key]
+
+    def scan_iter(self, match: str, count: int) -> list[str]:
+        return [k for k in FakeRedis.lists if fnmatch.fnmatchcase(k, match)]
 
     def close(self) -> None:
         FakeRedis.closed += 1
@@ -235,9 +240,7 @@ def test_redis_summary_reports_memory_keys_ops_and_the_celery_queue(
 ) -> None:
     summary = status.redis_summary(make_settings(redis_port="6390", redis_db="3"))
 
-    assert summary == (
-        "redis 7.0.15: 1.02M used, 15 keys, 3 ops/s; celery queue 'celery': 5 waiting"
-    )
+    assert summary == "redis 7.0.15: 1.02M used, 15 keys, 3 ops/s; waiting: celery 5, model.qwen 2"
     assert fake_redis.made == [
         {
             "host": "127.0.0.1",
@@ -250,6 +253,19 @@ def test_redis_summary_reports_memory_keys_ops_and_the_celery_queue(
         }
     ]
     assert fake_redis.closed == 1
+
+
+def test_redis_summary_says_where_malformed_messages_were_moved_and_how_to_read_them(
+    make_settings: MakeSettings, fake_redis: type[FakeRedis], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(FakeRedis, "lists", {"celery": 0, "kc.dead-letter.celery": 3})
+
+    summary = status.redis_summary(make_settings())
+
+    assert summary.splitlines()[1] == (
+        "redis: messages moved aside as not Celery's (kc.dead-letter.celery 3): read them with "
+        "`redis-cli LRANGE <list> 0 -1`, then DEL the list"
+    )
 
 
 @pytest.mark.parametrize(

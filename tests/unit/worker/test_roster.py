@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from kcdev.queues import DEFAULT_QUEUE, model_of, model_queue, queues_for
 from tests.unit.conftest import MakeSettings
 from worker import roster
-from worker.queues import DEFAULT_QUEUE, model_of, model_queue, queues_for
 
 STATS = {
     "celery@gpu-box": {"pool": {"max-concurrency": 8}},

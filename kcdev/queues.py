@@ -12,6 +12,12 @@ from kcdev.settings import Settings
 
 DEFAULT_QUEUE = "celery"
 MODEL_QUEUE_PREFIX = "model."
+# Where the worker's fetch moves what is not a kombu message, per queue (worker/reliable_fetch.py).
+DEAD_LETTER_PREFIX = "kc.dead-letter."
+
+
+def dead_letter_key(queue: str) -> str:
+    return DEAD_LETTER_PREFIX + queue
 
 
 def model_queue(model: str) -> str:
