@@ -100,6 +100,7 @@ def ps(c: Context) -> None:
     say(status.redis_summary(project.settings))
     if LLM_SERVER in states:
         say(status.llm_summary(project.settings))
+        say(status.model_summary(project.settings, project.backend))
 
 
 @task(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import redis
 
-from kcdev import redis_client
+from kcdev import chat_template, redis_client
 from kcdev.console import table
 from kcdev.redis_client import keyspace, total_keys
 from kcdev.settings import Settings
@@ -83,3 +83,8 @@ def llm_summary(settings: Settings) -> str:
         for name, value in metrics.items()
     )
     return "llm-server: " + ", ".join(shown)
+
+
+def model_summary(settings: Settings, backend: str) -> str:
+    """The model the backend's server is configured with, and whether it has a chat template."""
+    return chat_template.describe_configured(settings, backend)

@@ -272,6 +272,7 @@ def test_ps_shows_the_table_and_summaries_of_the_running_backend(
     runner.on(*LABEL_INSPECT, stdout=f"{BASE_FILE},{VLLM_FILE}\n")
     monkeypatch.setattr(status, "redis_summary", lambda s: f"redis: summary of {s.redis_port}")
     monkeypatch.setattr(status, "llm_summary", lambda s: f"llm-server: summary of {s.port}")
+    monkeypatch.setattr(status, "model_summary", lambda s, backend: f"model: of {backend}")
 
     tasks.ps(Context())
 
@@ -281,6 +282,7 @@ def test_ps_shows_the_table_and_summaries_of_the_running_backend(
         "llm-server  running  healthy  127.0.0.1:8000->8000",
         "redis: summary of 6379",
         "llm-server: summary of 8000",
+        "model: of vllm",
     ]
     ps_calls = [argv for argv in runner.argvs if argv[-4:] == list(PS_JSON)]
     assert str(VLLM_FILE) in ps_calls[-1], "the table should use the running backend's files"
