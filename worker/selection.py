@@ -1,6 +1,6 @@
 """Choosing which of many summary sentences make the summary: the ones about the main subjects.
 
-A long document gives one sentence per chunk, too many for a summary. Asking a small model to
+A long document gives a sentence or two per chunk, too many for a summary. Asking a small model to
 summarize its own sentences again (the usual reduce step) was measured to make things worse: it
 drifts into talk about the text ("This text provides a clear explanation of ...") and loses the
 names. Instead the sentences not about the document are dropped (fragments, headings, and those

@@ -54,12 +54,14 @@ def run(app: Celery, task: str, **kwargs: Any) -> Any:
 
 
 def test_generate(app: Celery, worker: WorkerProcess) -> None:
-    result = run(app, "generate", prompt="Once upon a time", max_tokens=16, temperature=0)
+    result = run(app, "generate", prompt="Once upon a time", max_tokens=16, temperature=0,
+                 raw=True)  # fmt: skip
     assert isinstance(result["text"], str)
     assert result["model"] == "tiny-llama"
     assert 0 < result["completion_tokens"] <= 16
     assert result["prompt_tokens"] > 0
     assert result["finish_reason"] in ("stop", "length")
+    assert result["guard"] == "raw"
 
 
 def test_chat(app: Celery, worker: WorkerProcess) -> None:
@@ -75,7 +77,7 @@ def test_summarize_splits_a_document_longer_than_the_context(
     assert len(DOCUMENT) > 512  # the tiny model spends at least a token per character
     result = run(app, "summarize", document=DOCUMENT, max_tokens=48, temperature=0)
     assert result["chunks"] > 1
-    assert result["rounds"] >= 2
+    assert result["rounds"] in (1, 2)  # 2: some chunk's answer looped and was asked again
     assert isinstance(result["text"], str)
     assert result["completion_tokens"] > 0
 

@@ -171,3 +171,19 @@ def test_retryable_failures_reach_the_caller() -> None:
     server = FakeLLMServer(failures=[httpx.Response(503, json={"error": {"message": "busy"}})])
     with pytest.raises(LLMUnavailable):
         summarize(server.client(), "A short note.", max_tokens=16, temperature=0)
+
+
+def test_the_summary_does_not_end_on_a_line_without_a_full_stop() -> None:
+    """An answer cut by the token limit before any full stop cannot end the summary."""
+    document = "Section 1. The queue hands work to workers.\n\nSection 2. Workers ack the work."
+
+    def reply(prompt: str, max_tokens: int) -> str:
+        if "Section 2." in prompt and "Section 1." not in prompt:
+            return "and then the workers acknowledge the queue work when"
+        return "The queue hands work to workers."
+
+    server = FakeLLMServer(n_ctx=190, chars_per_token=1, reply=reply)  # two chunks
+    server.finish_reason = "length"
+    summary = summarize(server.client(), document, max_tokens=64, temperature=0)
+    assert summary.chunks == 2
+    assert summary.text == "The queue hands work to workers."
