@@ -36,6 +36,8 @@ REDUNDANCY = 0.7
 GROUNDED = 0.5
 # Sentences shorter than this say nothing on their own (a heading, a fragment left by a cut).
 MIN_WORDS = 4
+# A word that starts a sentence or a line of the document.
+OPENER = re.compile(r"(?:^|[.!?]\s+|\n\s*)(\S+)", re.MULTILINE)
 
 
 def content_words(text: str) -> list[str]:
@@ -46,13 +48,21 @@ def grounded(sentences: list[str], document: str) -> list[str]:
     """The sentences that are about `document`: whole, and mostly in its own words.
 
     Headings, fragments and sentences mostly made of words the document never uses go; if that
-    would leave nothing, the sentences are returned as they were.
+    would leave nothing, the sentences are returned as they were. A sentence starting in lower
+    case is a fragment copied from mid-sentence, unless the document itself starts a sentence
+    or line with that word (a name written in lower case, such as a program's).
     """
     vocabulary = set(content_words(document))
+    openers = {m.group(1) for m in OPENER.finditer(document)}
     kept = []
     for sentence in sentences:
         words = content_words(sentence)
-        whole = len(sentence.split()) >= MIN_WORDS and not sentence.lstrip().startswith("#")
+        first = sentence.split()[0] if sentence.split() else ""
+        whole = (
+            len(sentence.split()) >= MIN_WORDS
+            and not sentence.lstrip().startswith("#")
+            and (not first[:1].islower() or first in openers)
+        )
         share = sum(w in vocabulary for w in words) / len(words) if words else 0.0
         if whole and share >= GROUNDED:
             kept.append(sentence)

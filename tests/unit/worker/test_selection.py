@@ -52,3 +52,13 @@ def test_a_sentence_repeating_what_is_chosen_loses_to_a_new_one() -> None:
     ]
     chosen = select(sentences, DOCUMENT, max_words=12)
     assert chosen == [sentences[0], sentences[2]]
+
+
+def test_a_fragment_starting_mid_sentence_goes_but_a_lower_case_name_stays() -> None:
+    document = "tidewatch checks websites. Fishing crews want compensation for closures."
+    sentences = [
+        "tidewatch checks websites every minute.",
+        "crews want compensation for barrier closures.",
+        "Fishing crews want compensation.",
+    ]
+    assert grounded(sentences, document) == [sentences[0], sentences[2]]
