@@ -170,7 +170,8 @@ def test_ask_says_when_the_password_is_wrong(worker_env: dict[str, str]) -> None
 def test_ask_gives_up_after_its_timeout(
     worker_env: dict[str, str], worker: WorkerProcess, app: Celery
 ) -> None:
-    done = ask(worker_env, "summarize", DOCUMENT * 3, timeout=0.5)
+    # Long enough to take far more than the timeout: dozens of chunks, each a request.
+    done = ask(worker_env, "summarize", DOCUMENT * 30, timeout=0.5)
     assert done.returncode == 1
     assert "no answer within 0.5 s" in done.stderr
     assert "cancelled" in done.stderr
