@@ -287,7 +287,10 @@ class Settings:
     # Small models fall into loops (the same sentence again and again) without these. Each is
     # sent where the server supports it: llama-server takes all; vLLM takes the repeat penalty
     # as repetition_penalty plus the frequency and presence penalties; llama-cpp-python all but
-    # DRY. Defaults measured with `nox -s bench -- quality` on the default model.
+    # DRY. generate and chat send them on every request, one step stronger when an answer
+    # looped anyway; summarize sends none on its first ask (measured with `nox -s bench --
+    # quality`: over a window that includes the document they push a small model away from the
+    # document's own words) and these, one step stronger, when a chunk's answer looped.
     llm_repeat_penalty: float = _setting(
         "1.1",
         "Penalty on tokens already in the last LLM_REPEAT_LAST_N tokens (llama.cpp repeat_penalty, "
