@@ -36,8 +36,12 @@ REDUNDANCY = 0.7
 GROUNDED = 0.5
 # Sentences shorter than this say nothing on their own (a heading, a fragment left by a cut).
 MIN_WORDS = 4
-# A word that starts a sentence or a line of the document.
-OPENER = re.compile(r"(?:^|[.!?]\s+|\n\s*)(\S+)", re.MULTILINE)
+# A word that starts a sentence, a paragraph, a list item or a heading of the document; not any
+# line, since text wrapped at a fixed width starts lines mid-sentence.
+OPENER = re.compile(
+    r"""(?:\A|[.!?]["')\]]*\s+|\n[ \t]*\n|\n(?=[ \t]*[-*#>]+[ \t]))"""
+    r"""[ \t]*(?:[-*#>]+[ \t]+)?(\S+)"""
+)
 
 
 def content_words(text: str) -> list[str]:
@@ -50,7 +54,7 @@ def grounded(sentences: list[str], document: str) -> list[str]:
     Headings, fragments and sentences mostly made of words the document never uses go; if that
     would leave nothing, the sentences are returned as they were. A sentence starting in lower
     case is a fragment copied from mid-sentence, unless the document itself starts a sentence
-    or line with that word (a name written in lower case, such as a program's).
+    or paragraph with that word (a name written in lower case, such as a program's).
     """
     vocabulary = set(content_words(document))
     openers = {m.group(1) for m in OPENER.finditer(document)}

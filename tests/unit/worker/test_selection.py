@@ -62,3 +62,16 @@ def test_a_fragment_starting_mid_sentence_goes_but_a_lower_case_name_stays() -> 
         "Fishing crews want compensation.",
     ]
     assert grounded(sentences, document) == [sentences[0], sentences[2]]
+
+
+def test_a_word_that_only_starts_a_wrapped_line_is_no_opener() -> None:
+    document = (
+        "# tidewatch\n\ntidewatch checks sites. We run it because several\n"
+        "teams' documents may not leave our own servers.\n- uptime checks run every minute"
+    )
+    sentences = [
+        "tidewatch checks sites for several teams.",
+        "teams' documents may not leave our own servers.",
+        "uptime checks run every minute for several teams.",
+    ]
+    assert grounded(sentences, document) == [sentences[0], sentences[2]]
