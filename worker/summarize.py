@@ -167,7 +167,12 @@ class _Caller:
                 any(a.asked_again for a in answers),
             )
         found = [BULLET.sub("", text[u.start : u.end]).strip() for u in repetition.units(text)]
-        return _Answer([s for s in found if s], done.model, tokens, looped)
+        found = [s for s in found if s]
+        # A line without a sentence end is a piece of one: models copy the document's hard-
+        # wrapped lines ("... (reports, minutes, specifications,"). Whole sentences only, unless
+        # the answer has none at all.
+        whole = [s for s in found if repetition.ends_on_sentence(s)]
+        return _Answer(whole or found, done.model, tokens, looped)
 
     def _ask(self, chunk: str, sampling: Sampling) -> Completion:
         if self.chat:

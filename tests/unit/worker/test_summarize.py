@@ -187,3 +187,13 @@ def test_the_summary_does_not_end_on_a_line_without_a_full_stop() -> None:
     summary = summarize(server.client(), document, max_tokens=64, temperature=0)
     assert summary.chunks == 2
     assert summary.text == "The queue hands work to workers."
+
+
+def test_lines_copied_from_a_wrapped_document_are_not_sentences() -> None:
+    copied = (
+        "The indexer reads uploads (reports, minutes,\nIt runs nightly on one machine.\nA crash"
+    )
+    server = FakeLLMServer(n_ctx=2048, reply=lambda p, n: copied)
+    server.finish_reason = "length"
+    summary = summarize(server.client(), "A short note.", max_tokens=64, temperature=0)
+    assert summary.text == "It runs nightly on one machine."
