@@ -149,6 +149,7 @@ def ps(c: Context) -> None:
         say(status.redis_summary(project.settings))
     if LLM_SERVER in states and states[LLM_SERVER].state == "running":
         say(status.llm_summary(project.settings))
+        say(status.model_summary(project.settings, project.backend))
     if project.topology.node or (REDIS in states and states[REDIS].state == "running"):
         from worker.cli import workers_report
 

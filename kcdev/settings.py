@@ -191,6 +191,21 @@ def _optional_memory(raw: str) -> int | None:
     return size
 
 
+def _number_between(low: float, high: float) -> Parser:
+    """A decimal number within [low, high] (the sampling settings' ranges)."""
+
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError("not a number") from None
+        if not low <= value <= high:
+            raise ValueError(f"outside {low:g}..{high:g}")
+        return value
+
+    return parse
+
+
 def _setting(default: str, doc: str, parse: Parser = _text, *, secret: bool = False) -> Any:
     return field(
         repr=not secret,
@@ -401,6 +416,38 @@ class Settings:
         "Password of Flower's user `admin`; empty = generated into .env on the first "
         "`invoke up --monitor`. Never printed",
         secret=True,
+    )
+
+    # --- sampling: damping repetition in the worker's requests (issue 12) ---------------------
+    # Small models fall into loops (the same sentence again and again) without these. Each is
+    # sent where the server supports it: llama-server takes all; vLLM takes the repeat penalty
+    # as repetition_penalty plus the frequency and presence penalties; llama-cpp-python all but
+    # DRY. generate and chat send them on every request, one step stronger when an answer
+    # looped anyway; summarize sends none on its first ask (measured with `nox -s bench --
+    # quality`: over a window that includes the document they push a small model away from the
+    # document's own words) and these, one step stronger, when a chunk's answer looped.
+    llm_repeat_penalty: float = _setting(
+        "1.1",
+        "Penalty on tokens already in the last LLM_REPEAT_LAST_N tokens (llama.cpp repeat_penalty, "
+        "vLLM repetition_penalty); 1 = off",
+        _number_between(1, 2),
+    )
+    llm_repeat_last_n: int = _setting(
+        "256", "Tokens the repeat penalty looks back over (llama.cpp only)", _int_between(0, 8192)
+    )
+    llm_frequency_penalty: float = _setting(
+        "0", "OpenAI frequency_penalty: grows with each repetition of a token; 0 = off",
+        _number_between(-2, 2),
+    )  # fmt: skip
+    llm_presence_penalty: float = _setting(
+        "0", "OpenAI presence_penalty: once a token has appeared at all; 0 = off",
+        _number_between(-2, 2),
+    )  # fmt: skip
+    llm_dry_multiplier: float = _setting(
+        "0.8",
+        "DRY (don't repeat yourself) penalty on extending a sequence already seen, llama-server "
+        "only; 0 = off",
+        _number_between(0, 5),
     )
 
     @classmethod

@@ -4,6 +4,17 @@ The same calls work against llama.cpp's `llama-server`, the llama-cpp-python ser
 they differ (context size, token counting) the client asks the route each server has and falls back
 to a configured or estimated value.
 
+It also finds out whether the served model has a chat template (instruct models do, base models
+do not), since chatting with a model that has none returns junk rather than an error:
+llama-server reports its template in `/props` (`chat_template`), and for a model without one
+reports the ChatML template it falls back to; vLLM refuses a chat request for such a model with a
+400 naming the chat template, so one tiny chat request tells; llama-cpp-python reports nothing, so
+the GGUF file the settings point at is read when it is on this machine and is the one served,
+and otherwise the model is taken to have one (the default model does).
+
+Every generation request carries the sampling settings that damp repetition (worker/sampling.py),
+in the names of the server at hand.
+
 Failures become one of a few errors that say what the caller can do: `LLMUnavailable` may succeed
 later (Celery retries it), every other `LLMError` will fail again with the same input.
 """
@@ -12,13 +23,16 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeGuard
 
 import httpx
 
+from kcdev import chat_template
 from kcdev.settings import Settings
+from worker.sampling import Sampling
 
 # A connection to a local server is made in milliseconds; waiting long only delays the retry.
 CONNECT_TIMEOUT = 5.0
@@ -35,6 +49,20 @@ RETRYABLE_STATUS = frozenset({408, 409, 429})
 # code context_length_exceeded), vLLM ("maximum context length is N tokens").
 CONTEXT_EXCEEDED = re.compile(r"context|too (long|large)|max(imum)?[ _]model[ _]len", re.IGNORECASE)
 ERROR_TEXT_LIMIT = 300
+# The template llama-server uses when the model has none (CHATML_TEMPLATE_SRC in llama.cpp's
+# common/chat.cpp, the sources the llama-cpp-python 0.3.36 sdist vendors): /props reports it as
+# if it were the model's, and it is the only sign that the model brought no template of its own.
+LLAMA_SERVER_FALLBACK_TEMPLATE = (
+    "{%- for message in messages -%}\n"
+    "  {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' -}}\n"
+    "{%- endfor -%}\n"
+    "{%- if add_generation_prompt -%}\n"
+    "  {{- '<|im_start|>assistant\n' -}}\n"
+    "{%- endif -%}"
+)
+# How vLLM words a chat request to a model without a template ("... you must provide a chat
+# template if the tokenizer does not define one").
+NO_TEMPLATE_ERROR = re.compile(r"chat[ _]template", re.IGNORECASE)
 
 
 class LLMError(Exception):
@@ -53,6 +81,10 @@ class ContextExceeded(LLMRejected):
     """The prompt and the tokens asked for do not fit the model's context."""
 
 
+class NoChatTemplate(LLMRejected):
+    """The served model has no chat template: chatting with it gives junk, so it is refused."""
+
+
 class LLMProtocolError(LLMError):
     """The server answered something that is not the OpenAI-compatible API."""
 
@@ -61,6 +93,12 @@ class LLMProtocolError(LLMError):
 class ServerInfo:
     kind: str  # llama-server, vllm or other (llama-cpp-python, or a server we do not know)
     context: int  # tokens one request may span, prompt and completion together
+    chat_template: bool | None = None  # None: not known from the discovery requests
+
+
+# For servers that do not say (llama-cpp-python): given the model id the server lists, whether
+# the model file behind it has a chat template, or None when that file cannot be looked at.
+LocalTemplate = Callable[[str], bool | None]
 
 
 @dataclass(frozen=True)
@@ -96,13 +134,22 @@ class LLMClient:
     """
 
     def __init__(
-        self, http: httpx.Client, *, model: str | None = None, fallback_context: int = 4096
+        self,
+        http: httpx.Client,
+        *,
+        model: str | None = None,
+        fallback_context: int = 4096,
+        sampling: Sampling | None = None,
+        local_template: LocalTemplate | None = None,
     ) -> None:
         self.http = http
         self._pinned_model = model
         self._model = model
         self.fallback_context = fallback_context
+        self.sampling = sampling or Sampling()
+        self._local_template = local_template
         self._server: ServerInfo | None = None
+        self._chat_template: bool | None = None
         # llama-cpp-python counts tokens at /extras/tokenize/count; dropped once it is missing.
         self._extras_tokenize = True
 
@@ -122,7 +169,10 @@ class LLMClient:
             headers={"Authorization": f"Bearer {key}"} if key else None,
             transport=transport,
         )
-        return cls(http, model=settings.served_model_name or None, fallback_context=settings.n_ctx)
+        return cls(
+            http, model=settings.served_model_name or None, fallback_context=settings.n_ctx,
+            sampling=Sampling.from_settings(settings), local_template=_gguf_on_disk(settings),
+        )  # fmt: skip
 
     def close(self) -> None:
         self.http.close()
@@ -169,6 +219,7 @@ class LLMClient:
         """A server that went away may come back with another model or context: ask again."""
         self._model = self._pinned_model
         self._server = None
+        self._chat_template = None
 
     # --- discovery --------------------------------------------------------------------------
 
@@ -195,10 +246,16 @@ class LLMClient:
         list; elsewhere (llama-cpp-python) the configured fallback is assumed.
         """
         if self._server is None:
-            n_ctx = _dig(self._request("GET", "/props", optional=True),
-                         "default_generation_settings", "n_ctx")  # fmt: skip
+            props = self._request("GET", "/props", optional=True)
+            n_ctx = _dig(props, "default_generation_settings", "n_ctx")
             if _positive_int(n_ctx):
-                self._server = ServerInfo("llama-server", n_ctx)
+                template = _dig(props, "chat_template")
+                has = (
+                    isinstance(template, str)
+                    and template.strip() != ""
+                    and (template != LLAMA_SERVER_FALLBACK_TEMPLATE)
+                )
+                self._server = ServerInfo("llama-server", n_ctx, has)
             else:
                 listed = self.models()
                 if self._model is None and listed:
@@ -214,6 +271,32 @@ class LLMClient:
     def context_size(self) -> int:
         """Tokens one request may span: prompt plus completion."""
         return self.server().context
+
+    def has_chat_template(self) -> bool:
+        """Whether the served model has a chat template of its own, asked once per server.
+
+        llama-server: from /props. vLLM: a one-token chat request, which it refuses (400, naming
+        the chat template) for a model without one. Others (llama-cpp-python): the GGUF file on
+        this machine when it is the one served, else assumed (the default model has one).
+        """
+        if self._chat_template is None:
+            server = self.server()
+            if server.chat_template is not None:
+                self._chat_template = server.chat_template
+            elif server.kind == "vllm":
+                self._chat_template = self._vllm_chat_works()
+            else:
+                local = self._local_template(self.model()) if self._local_template else None
+                self._chat_template = True if local is None else local
+        return self._chat_template
+
+    def _vllm_chat_works(self) -> bool:
+        probe = {"role": "user", "content": "Hi"}
+        try:
+            self.chat([probe], max_tokens=1, temperature=0, sampling=Sampling())
+        except NoChatTemplate:
+            return False
+        return True
 
     def count_tokens(self, text: str) -> int:
         """Tokens `text` takes, by the server's own tokenizer where it exposes one.
@@ -244,14 +327,24 @@ class LLMClient:
     # --- generation -------------------------------------------------------------------------
 
     def complete(
-        self, prompt: str, *, max_tokens: int, temperature: float, stop: Sequence[str] = ()
+        self,
+        prompt: str,
+        *,
+        max_tokens: int,
+        temperature: float,
+        stop: Sequence[str] = (),
+        sampling: Sampling | None = None,
     ) -> Completion:
-        """Continue `prompt`: works with base models, which have no chat template."""
+        """Continue `prompt`: works with base models, which have no chat template.
+
+        `sampling` replaces the client's own for this request (e.g. stronger damping).
+        """
         payload: dict[str, Any] = {
             "model": self.model(),
             "prompt": prompt,
             "max_tokens": max_tokens,
             "temperature": temperature,
+            **self._sampling_fields(sampling),
         }
         if stop:
             payload["stop"] = list(stop)
@@ -259,7 +352,12 @@ class LLMClient:
         return self._completion(body, lambda choice: choice.get("text"))
 
     def chat(
-        self, messages: Sequence[Mapping[str, str]], *, max_tokens: int, temperature: float
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        max_tokens: int,
+        temperature: float,
+        sampling: Sampling | None = None,
     ) -> Completion:
         """The assistant's next turn after `messages`, formatted by the model's chat template."""
         payload = {
@@ -267,9 +365,21 @@ class LLMClient:
             "messages": [dict(m) for m in messages],
             "max_tokens": max_tokens,
             "temperature": temperature,
+            **self._sampling_fields(sampling),
         }
-        body = self._request("POST", "/v1/chat/completions", payload)
+        try:
+            body = self._request("POST", "/v1/chat/completions", payload)
+        except LLMRejected as exc:
+            if NO_TEMPLATE_ERROR.search(str(exc)):
+                raise NoChatTemplate(str(exc)) from None
+            raise
         return self._completion(body, lambda choice: _dig(choice, "message", "content"))
+
+    def _sampling_fields(self, sampling: Sampling | None) -> dict[str, Any]:
+        chosen = sampling or self.sampling
+        if chosen.neutral:
+            return {}  # neutral: nothing to send, and no need to ask which server this is
+        return chosen.payload(self.server().kind)
 
     def _completion(self, body: Any, text_of: Any) -> Completion:
         choices = _dig(body, "choices")
@@ -288,6 +398,23 @@ class LLMClient:
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
         )
+
+
+def _gguf_on_disk(settings: Settings) -> LocalTemplate:
+    """Whether the GGUF file MODEL_PATH names has a template, if that is the model served.
+
+    The file is only trusted when the server lists it under the name the stack gives it (the
+    file's name without .gguf, or SERVED_MODEL_NAME): a worker pointed at another server must
+    not judge that server's model by a file it happens to have.
+    """
+    path = Path(settings.gguf_dir) / settings.model_path.removeprefix("/models/")
+
+    def look(served: str) -> bool | None:
+        if served != settings.served_model("llamacpp") or not path.is_file():
+            return None
+        return chat_template.gguf_has_template(path)
+
+    return look
 
 
 def _positive_int(value: Any) -> TypeGuard[int]:

@@ -3,13 +3,19 @@
 Each task validates its input first: bad input fails at once with a message saying what is wrong
 (`InvalidInput`), where a retry could only fail the same way. Only `LLMUnavailable` (the server is
 down, loading, busy or slow) is retried, with exponential backoff and jitter, a bounded number
-of times; every other error fails the task for good.
+of times; every other error fails the task for good. `chat` with a model that has no chat
+template is such an error (`NoChatTemplate`): the answer would be junk.
+
+Answers pass the repetition guard (worker/repetition.py) unless the caller asks for `raw`
+output: an answer that loops is asked for once more with stronger damping, and whatever loop
+remains is cut off; an answer the token limit cut short ends at its last full sentence.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -17,9 +23,11 @@ from celery import Task
 from celery.signals import worker_process_init
 
 from kcdev.settings import load_settings
+from worker import repetition
 from worker import summarize as summarizing
 from worker.celery_app import app
-from worker.llm import LLMClient, LLMUnavailable
+from worker.llm import Completion, LLMClient, LLMUnavailable, NoChatTemplate
+from worker.sampling import Sampling
 
 # Inputs larger than this are refused: they would bloat Redis messages, and beyond what a
 # context holds a prompt is refused by the server anyway (after a trip through the queue).
@@ -87,28 +95,62 @@ def _fresh_client_after_fork(**_: Any) -> None:
 
 
 @app.task(base=LLMTask)
-def generate(prompt: str, max_tokens: int = 256, temperature: float = 0.7) -> dict[str, Any]:
-    """Continue `prompt`: {text, model, finish_reason, prompt_tokens, completion_tokens}."""
+def generate(
+    prompt: str, max_tokens: int = 256, temperature: float = 0.7, raw: bool = False
+) -> dict[str, Any]:
+    """Continue `prompt`: {text, model, finish_reason, prompt_tokens, completion_tokens, guard}.
+
+    `raw`: the text exactly as the model wrote it, without the repetition guard.
+    """
     _check_text("prompt", prompt, MAX_PROMPT_CHARS)
     _check_sampling(max_tokens, temperature)
-    done = llm_client().complete(prompt, max_tokens=max_tokens, temperature=temperature)
-    return asdict(done)
+    _check_raw(raw)
+    llm = llm_client()
+    return _answer(
+        lambda sampling: llm.complete(
+            prompt, max_tokens=max_tokens, temperature=temperature, sampling=sampling
+        ),
+        llm.sampling,
+        raw,
+    )
 
 
 @app.task(base=LLMTask)
 def chat(
-    messages: list[dict[str, str]], max_tokens: int = 256, temperature: float = 0.7
+    messages: list[dict[str, str]],
+    max_tokens: int = 256,
+    temperature: float = 0.7,
+    raw: bool = False,
 ) -> dict[str, Any]:
-    """The assistant's reply to `messages` ([{role, content}, ...]), shaped like `generate`'s."""
+    """The assistant's reply to `messages` ([{role, content}, ...]), shaped like `generate`'s.
+
+    Fails at once (no retries) when the served model has no chat template.
+    """
     _check_messages(messages)
     _check_sampling(max_tokens, temperature)
-    done = llm_client().chat(messages, max_tokens=max_tokens, temperature=temperature)
-    return asdict(done)
+    _check_raw(raw)
+    llm = llm_client()
+    if not llm.has_chat_template():
+        raise NoChatTemplate(
+            f"the served model {llm.model()} has no chat template, so it cannot chat (its "
+            f"answers would be junk): serve an instruct model, e.g. preset {_chat_preset()} "
+            "(`invoke fetch-model`), or use generate"
+        )
+    return _answer(
+        lambda sampling: llm.chat(
+            messages, max_tokens=max_tokens, temperature=temperature, sampling=sampling
+        ),
+        llm.sampling,
+        raw,
+    )
 
 
 @app.task(base=LLMTask)
-def summarize(document: str, max_tokens: int = 256, temperature: float = 0.2) -> dict[str, Any]:
-    """A summary of `document`, however long: {text, model, chunks, rounds, completion_tokens}."""
+def summarize(document: str, max_tokens: int = 256, temperature: float = 0.0) -> dict[str, Any]:
+    """A summary of `document`, however long: {text, model, chunks, rounds, completion_tokens}.
+
+    The summary says each sentence once and ends on a full sentence.
+    """
     _check_text("document", document, MAX_DOCUMENT_CHARS)
     _check_sampling(max_tokens, temperature)
     summary = summarizing.summarize(
@@ -116,6 +158,36 @@ def summarize(document: str, max_tokens: int = 256, temperature: float = 0.2) ->
         parallel=_settings.n_parallel,
     )  # fmt: skip
     return asdict(summary)
+
+
+def _answer(ask: Callable[[Sampling], Completion], sampling: Sampling, raw: bool) -> dict[str, Any]:
+    """One answer through the repetition guard; `guard` in the result says what it did.
+
+    guard: "raw" (not applied), "clean", "trimmed" (an unfinished end dropped), "cut" (a loop cut
+    off), or "asked again" (the answer looped, and the second, more damped one is returned).
+    """
+    done = ask(sampling)
+    if raw:
+        return {**asdict(done), "guard": "raw"}
+    first = repetition.guard(done.text, finished=done.finish_reason == "stop")
+    if not first.looped:
+        return {
+            **asdict(done),
+            "text": first.text,
+            "guard": "trimmed" if first.trimmed else "clean",
+        }
+    again = ask(sampling.stronger())
+    second = repetition.guard(again.text, finished=again.finish_reason == "stop")
+    if not second.looped and len(second.text) >= len(first.text):
+        return {**asdict(again), "text": second.text, "guard": "asked again"}
+    return {**asdict(done), "text": first.text, "guard": "cut"}
+
+
+def _chat_preset() -> str:
+    """The catalogue's default llama.cpp model, which has a chat template (the catalogue checks)."""
+    from kcdev.models.catalog import load_catalog
+
+    return load_catalog().default_for("llamacpp").name
 
 
 @app.task
@@ -145,6 +217,11 @@ def _check_sampling(max_tokens: object, temperature: object) -> None:
         raise InvalidInput(f"temperature must be a number, not {type(temperature).__name__}")
     if not 0 <= temperature <= 2:
         raise InvalidInput(f"temperature={temperature} is outside 0..2")
+
+
+def _check_raw(raw: object) -> None:
+    if not isinstance(raw, bool):
+        raise InvalidInput(f"raw must be true or false, not {type(raw).__name__}")
 
 
 def _check_messages(messages: object) -> None:

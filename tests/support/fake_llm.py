@@ -17,7 +17,13 @@ from typing import Any
 
 import httpx
 
-from worker.llm import LLMClient
+from worker.llm import LLAMA_SERVER_FALLBACK_TEMPLATE, LLMClient
+
+# vLLM's refusal of a chat request for a model without a chat template (vLLM 0.6 and later).
+VLLM_NO_TEMPLATE = (
+    "As of transformers v4.44, default chat template is no longer allowed, so you must provide a "
+    "chat template if the tokenizer does not define one."
+)
 
 
 def context_error(kind: str, wanted: int, n_ctx: int) -> dict[str, Any]:
@@ -55,8 +61,12 @@ class FakeLLMServer:
     # The server's tokenizer: one token per this many characters, rounded up.
     chars_per_token: int = 4
     reply: Reply = short_reply
+    # The model's chat template; None: a base model without one (llama-server then reports its
+    # ChatML fallback in /props, vLLM refuses chat requests).
+    chat_template: str | None = "{% for m in messages %}{{ m.content }}{% endfor %}"
     # Served, in order, instead of the next generation requests: a Response or an exception.
     failures: list[httpx.Response | Exception] = field(default_factory=list)
+    finish_reason: str = "stop"  # what every answer reports: "length" = cut by max_tokens
     requests: list[httpx.Request] = field(default_factory=list)
 
     def tokens(self, text: str) -> int:
@@ -88,7 +98,10 @@ class FakeLLMServer:
                 entry["max_model_len"] = self.n_ctx
             return httpx.Response(200, json={"object": "list", "data": [entry]})
         if path == "/props" and self.kind == "llama-server":
-            return httpx.Response(200, json={"default_generation_settings": {"n_ctx": self.n_ctx}})
+            return httpx.Response(200, json={
+                "default_generation_settings": {"n_ctx": self.n_ctx},
+                "chat_template": self.chat_template or LLAMA_SERVER_FALLBACK_TEMPLATE,
+            })  # fmt: skip
         if path == "/tokenize" and self.kind == "llama-server":
             return httpx.Response(200, json={"tokens": list(range(self.tokens(body["content"])))})
         if path == "/tokenize" and self.kind == "vllm":
@@ -99,6 +112,9 @@ class FakeLLMServer:
         if path == "/v1/completions":
             return self._generate(body["prompt"], body, chat=False)
         if path == "/v1/chat/completions":
+            if self.kind == "vllm" and self.chat_template is None:
+                error = {"object": "error", "message": VLLM_NO_TEMPLATE, "type": "BadRequestError"}
+                return httpx.Response(400, json=error)
             prompt = "\n".join(m["content"] for m in body["messages"])
             return self._generate(prompt, body, chat=True)
         return httpx.Response(404, json={"detail": "Not Found"})
@@ -108,7 +124,7 @@ class FakeLLMServer:
         if wanted > self.n_ctx:
             return httpx.Response(400, json=context_error(self.kind, wanted, self.n_ctx))
         text = self.reply(prompt, body["max_tokens"])
-        choice: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
+        choice: dict[str, Any] = {"index": 0, "finish_reason": self.finish_reason}
         if chat:
             choice["message"] = {"role": "assistant", "content": text}
         else:

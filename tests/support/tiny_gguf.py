@@ -81,7 +81,7 @@ def _tensors(seed: int) -> dict[str, npt.NDArray[np.float32]]:
     return tensors
 
 
-def _write(path: Path, *, seed: int, n_ctx_train: int) -> None:
+def _write(path: Path, *, seed: int, n_ctx_train: int, chat_template: bool) -> None:
     writer = gguf.GGUFWriter(path, "llama")
     writer.add_name("kc-devenv tiny llama")
     writer.add_context_length(n_ctx_train)
@@ -105,7 +105,8 @@ def _write(path: Path, *, seed: int, n_ctx_train: int) -> None:
     writer.add_pad_token_id(PAD_ID)
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
-    writer.add_chat_template(CHAT_TEMPLATE)
+    if chat_template:
+        writer.add_chat_template(CHAT_TEMPLATE)
 
     for name, tensor in _tensors(seed).items():
         writer.add_tensor(name, tensor)
@@ -116,8 +117,12 @@ def _write(path: Path, *, seed: int, n_ctx_train: int) -> None:
     writer.close()
 
 
-def write_tiny_llama(path: Path, *, seed: int = 0, n_ctx_train: int = 2048) -> Path:
+def write_tiny_llama(
+    path: Path, *, seed: int = 0, n_ctx_train: int = 2048, chat_template: bool = True
+) -> Path:
     """Write the tiny model to path, byte-identical for the same seed and n_ctx_train.
+
+    `chat_template=False` makes it a "base model" without one, as Gemma 3 270M base is.
 
     The file appears under its name only once complete, so a server started on it (or a parallel
     test writing the same path) never sees half a model.
@@ -128,7 +133,7 @@ def write_tiny_llama(path: Path, *, seed: int = 0, n_ctx_train: int = 2048) -> P
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        _write(tmp, seed=seed, n_ctx_train=n_ctx_train)
+        _write(tmp, seed=seed, n_ctx_train=n_ctx_train, chat_template=chat_template)
         # mkstemp makes the file 0600, and the server container runs as another user.
         tmp.chmod(0o644)
         os.replace(tmp, path)

@@ -304,6 +304,7 @@ def test_ps_shows_the_table_and_summaries_of_the_running_backend(
     runner.on("docker", "stats", stdout=STATS)
     monkeypatch.setattr(status, "redis_summary", lambda s: f"redis: summary of {s.redis_port}")
     monkeypatch.setattr(status, "llm_summary", lambda s: f"llm-server: summary of {s.port}")
+    monkeypatch.setattr(status, "model_summary", lambda s, backend: f"model: of {backend}")
     monkeypatch.setattr(worker_cli, "workers_report", lambda: "workers: table")
 
     tasks.ps(Context())
@@ -315,6 +316,7 @@ def test_ps_shows_the_table_and_summaries_of_the_running_backend(
         "no CPU limit, no memory limit",
         "redis: summary of 6379",
         "llm-server: summary of 8000",
+        "model: of vllm",
         "workers: table",
     ]
     stats = [argv for argv in runner.argvs if argv[:2] == ["docker", "stats"]]

@@ -46,12 +46,14 @@ def run(app: Celery, task: str, **kwargs: Any) -> Any:
 
 
 def test_generate(app: Celery, worker: WorkerProcess) -> None:
-    result = run(app, "generate", prompt="Once upon a time", max_tokens=16, temperature=0)
+    result = run(app, "generate", prompt="Once upon a time", max_tokens=16, temperature=0,
+                 raw=True)  # fmt: skip
     assert isinstance(result["text"], str)
     assert result["model"] == "tiny-llama"
     assert 0 < result["completion_tokens"] <= 16
     assert result["prompt_tokens"] > 0
     assert result["finish_reason"] in ("stop", "length")
+    assert result["guard"] == "raw"
 
 
 def test_chat(app: Celery, worker: WorkerProcess) -> None:
@@ -67,7 +69,7 @@ def test_summarize_splits_a_document_longer_than_the_context(
     assert len(DOCUMENT) > 512  # the tiny model spends at least a token per character
     result = run(app, "summarize", document=DOCUMENT, max_tokens=48, temperature=0)
     assert result["chunks"] > 1
-    assert result["rounds"] >= 2
+    assert result["rounds"] in (1, 2)  # 2: some chunk's answer looped and was asked again
     assert isinstance(result["text"], str)
     assert result["completion_tokens"] > 0
 
@@ -179,7 +181,8 @@ def test_ask_says_when_the_password_is_wrong(worker_env: dict[str, str]) -> None
 def test_ask_gives_up_after_its_timeout(
     worker_env: dict[str, str], worker: WorkerProcess, app: Celery
 ) -> None:
-    done = ask(worker_env, "summarize", DOCUMENT * 3, timeout=0.5)
+    # Long enough to take far more than the timeout: dozens of chunks, each a request.
+    done = ask(worker_env, "summarize", DOCUMENT * 30, timeout=0.5)
     assert done.returncode == 1
     assert "no answer within 0.5 s" in done.stderr
     assert "cancelled" in done.stderr

@@ -60,7 +60,7 @@ def test_summarize_splits_by_the_context_vllm_reports(app: Celery, worker: Worke
     assert len(DOCUMENT.encode()) > MAX_MODEL_LEN
     result = run(app, "summarize", document=DOCUMENT, max_tokens=48, temperature=0)
     assert result["chunks"] > 1
-    assert result["rounds"] >= 2
+    assert result["rounds"] in (1, 2)  # 2: some chunk's answer looped and was asked again
     assert isinstance(result["text"], str)
     assert result["completion_tokens"] > 0
 

@@ -44,10 +44,10 @@ ENV = "# my settings\nMODEL_PATH=/models/old.gguf\nLLM_BACKEND=llamacpp\n"
 
 
 def small_catalog() -> Catalog:
-    """The real catalogue, its default preset shrunk to CONTENT (same repo, file and mirror)."""
+    """The real catalogue, gemma shrunk to CONTENT (same repo, file and mirror) as the default."""
     real = load_catalog()
     gemma = dataclasses.replace(GEMMA, sha256=SHA256, size=len(CONTENT))
-    return Catalog({**real.presets, gemma.name: gemma}, real.defaults)
+    return Catalog({**real.presets, gemma.name: gemma}, {**real.defaults, "llamacpp": gemma.name})
 
 
 @dataclass
@@ -436,7 +436,10 @@ def test_the_vllm_preset_is_the_default_for_backend_vllm(world: World) -> None:
 @pytest.mark.parametrize(
     ("request_", "message"),
     [
-        (FetchRequest(preset="nope"), "unknown preset 'nope': known presets are gemma-3-270m, "),
+        (
+            FetchRequest(preset="nope"),
+            "unknown preset 'nope': known presets are smollm2-135m-instruct, ",
+        ),
         (FetchRequest(repo="not a repo", file="m.gguf"), "is not a Hub repo id: use OWNER/NAME"),
         (FetchRequest(repo="a/b/c", file="m.gguf"), "is not a Hub repo id"),
         (FetchRequest(url="ftp://host/m.gguf", sha256="0" * 64), "is not an http"),

@@ -112,3 +112,24 @@ def test_hf_folders_are_listed_with_their_total_size(
     (model,) = hf_models(settings)
     assert (model.size, model.in_use, model.state) == (1000, True, "not verified")
     assert "(none)" in report(settings)  # no GGUF models
+
+
+def test_models_says_which_ones_have_a_chat_template(
+    tmp_path: Path, make_settings: MakeSettings
+) -> None:
+    from tests.support.tiny_gguf import write_tiny_llama
+
+    gguf, hf = dirs(tmp_path)
+    write_tiny_llama(gguf / "chat.gguf")
+    write_tiny_llama(gguf / "base.gguf", chat_template=False)
+    (hf / "qwen").mkdir()
+    (hf / "qwen" / "tokenizer_config.json").write_text('{"chat_template": "{{ m }}"}')
+    settings = make_settings(gguf_dir=str(gguf), hf_dir=str(hf))
+    assert {m.name: m.chat for m in gguf_models(settings)} == {
+        "base.gguf": False,
+        "chat.gguf": True,
+    }
+    assert [m.chat for m in hf_models(settings)] == [True]
+    text = report(settings)
+    assert "base.gguf" in text and "no chat template (completions only)" in text
+    assert "chat.gguf" in text and "; chat template" in text

