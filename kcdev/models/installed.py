@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,40 +146,66 @@ def _is_bookkeeping(path: Path) -> bool:
     return path.name.startswith(".") or path.name.endswith(PARTIAL_SUFFIXES)
 
 
-def gguf_models(settings: Settings) -> list[LocalModel]:
-    directory = Path(settings.gguf_dir)
-    used = settings.model_path.removeprefix("/models/")
+@dataclass(frozen=True)
+class _Kind:
+    """How one backend's models folder holds its models and their partial downloads."""
+
+    backend: str
+    is_model: Callable[[Path], bool]
+    has_template: Callable[[Path], bool | None]
+    partial: Callable[[Path, Path], LocalModel | None]  # (folder, entry) -> a partial download
+
+
+def _models(kind: _Kind, directory: Path, used: str) -> list[LocalModel]:
+    """The models in `directory`, and the partial downloads beside them, sorted by name."""
     found: list[LocalModel] = []
     for path in sorted(directory.iterdir()) if directory.is_dir() else []:
-        if path.is_file() and not _is_bookkeeping(path):
+        if kind.is_model(path):
             state, detail = _state(directory, path.name)
-            chat = chat_template.gguf_has_template(path)
-            size = path.stat().st_size
             found.append(
-                LocalModel("llamacpp", path.name, size, state, detail, path.name == used, chat)
-            )
-        elif path.name.endswith(".part") and not path.name.endswith(".mirror.part"):
-            found.append(_partial("llamacpp", directory, path))
+                LocalModel(
+                    kind.backend, path.name, files.tree_size(path), state, detail,
+                    path.name == used, kind.has_template(path),
+                )
+            )  # fmt: skip
+        elif (partial := kind.partial(directory, path)) is not None:
+            found.append(partial)
     return found
+
+
+def _gguf_partial(directory: Path, path: Path) -> LocalModel | None:
+    if path.name.endswith(".part") and not path.name.endswith(".mirror.part"):
+        return _partial("llamacpp", directory, path)
+    return None
+
+
+def _snapshot_partial(directory: Path, path: Path) -> LocalModel | None:
+    if not (path.is_dir() and path.name.endswith(".partial")):
+        return None
+    name = path.name.removeprefix(".").removesuffix(".partial")
+    return LocalModel("vllm", name, files.tree_size(path), "partial download", "fetch again")
+
+
+GGUF = _Kind(
+    "llamacpp",
+    lambda path: path.is_file() and not _is_bookkeeping(path),
+    chat_template.gguf_has_template,
+    _gguf_partial,
+)
+SNAPSHOT = _Kind(
+    "vllm",
+    lambda path: path.is_dir() and not path.name.startswith("."),
+    chat_template.folder_has_template,
+    _snapshot_partial,
+)
+
+
+def gguf_models(settings: Settings) -> list[LocalModel]:
+    return _models(GGUF, Path(settings.gguf_dir), settings.model_path.removeprefix("/models/"))
 
 
 def hf_models(settings: Settings) -> list[LocalModel]:
-    directory = Path(settings.hf_dir)
-    used = settings.model_name.removeprefix("/models/")
-    found: list[LocalModel] = []
-    for path in sorted(directory.iterdir()) if directory.is_dir() else []:
-        if path.is_dir() and not path.name.startswith("."):
-            state, detail = _state(directory, path.name)
-            size = files.tree_size(path)
-            chat = chat_template.folder_has_template(path)
-            found.append(
-                LocalModel("vllm", path.name, size, state, detail, path.name == used, chat)
-            )
-        elif path.is_dir() and path.name.endswith(".partial"):
-            size = files.tree_size(path)
-            name = path.name.removeprefix(".").removesuffix(".partial")
-            found.append(LocalModel("vllm", name, size, "partial download", "fetch again"))
-    return found
+    return _models(SNAPSHOT, Path(settings.hf_dir), settings.model_name.removeprefix("/models/"))
 
 
 def _partial(backend: str, directory: Path, path: Path) -> LocalModel:
