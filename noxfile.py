@@ -101,13 +101,14 @@ def integration(session: nox.Session) -> None:
 
     The first run builds the images, about 12 min on 2 cores; later runs reuse them. Tests run
     in INTEGRATION_PROCESSES processes (default 4): most of their time is waiting, which
-    overlaps; tests/integration/conftest.py keeps the vLLM tests in one of them."""
+    overlaps; tests/integration/conftest.py keeps the vLLM tests in one of them (its own
+    scheduler: see there)."""
     _install(session, "-e", ".[test]")
     session.run("invoke", "build", "--backend=llamacpp")
     processes = os.environ.get("INTEGRATION_PROCESSES", "4")
     session.run(
         "pytest", "tests/integration", "-m", "integration", "--timeout=900",
-        "-n", processes, "--dist", "loadgroup", *session.posargs,
+        "-n", processes, *session.posargs,
     )  # fmt: skip
 
 

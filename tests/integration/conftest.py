@@ -51,18 +51,28 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["TESTCONTAINERS_RYUK_DISABLED"] = "false" if can_run else "true"
 
 
-VLLM_FIXTURES = {"vllm_server", "vllm_cpu_image"}
+# Under pytest-xdist (`nox -s integration` runs 4 processes), these files' tests run in one
+# process each: the vLLM ones share one vLLM server (each process would start its own, a minute
+# and a GB each), and the two-machine module's tests build on one another.
+WHOLE = {
+    "tests/integration/stack/test_vllm.py": "vllm",
+    "tests/integration/worker/test_vllm_tasks.py": "vllm",
+    "tests/integration/models/test_vllm_fetch.py": "vllm",
+    "tests/integration/cluster/test_two_machines.py": "cluster",
+}
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`--dist loadgroup`, as `nox -s integration` runs it), the tests that
-    need vLLM share one process: each process would start a vLLM of its own, a minute and a GB
-    each. Other tests go wherever a process is free; a module whose tests build on one another
-    says so with its own `xdist_group`."""
-    for item in items:
-        fixtures = set(getattr(item, "fixturenames", ()))
-        if item.get_closest_marker("xdist_group") is None and fixtures & VLLM_FIXTURES:
-            item.add_marker(pytest.mark.xdist_group("vllm"))
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """xdist's own grouping (`--dist loadgroup` with `xdist_group` marks) rewrites node ids,
+    which pytest 9.2 no longer lets it do: the grouping is said here, by file, to the scheduler.
+    Every other test goes to whichever process is free."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return WHOLE.get(nodeid.split("::", 1)[0], nodeid)
+
+    return Scheduling(config, log)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

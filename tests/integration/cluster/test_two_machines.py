@@ -21,9 +21,9 @@ from tests.integration.cluster.conftest import start
 from tests.support.stack import StackUnderTest
 from tests.support.worker_process import client_app, wait_all
 
-# One process for the module under pytest-xdist: its tests build on one another (the node is
-# killed late, and the refusals need its network).
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("cluster")]
+# Its tests build on one another (the node is killed late, and the refusals need its network):
+# tests/integration/conftest.py keeps them in one pytest-xdist process.
+pytestmark = pytest.mark.integration
 
 TASKS = 200
 
