@@ -54,9 +54,20 @@ def no_teardown_hint(text: str) -> None:
             assert hint not in line, f"a hint tears a service down: {line}"
 
 
+def keys_held(stack: SharedStack) -> int:
+    """Every key Redis holds: the data, and kombu's routing table once a `ps` asked the workers
+    (Celery's control API records its reply queue's binding there)."""
+    client = stack.redis.client(db=0)
+    try:
+        return sum(db["keys"] for name, db in client.info("keyspace").items() if name[:2] == "db")
+    finally:
+        client.close()
+
+
 def test_ps_shows_use_and_limits_in_columns_that_parse(
     shared_stack: SharedStack, on_stack: Workspace
 ) -> None:
+    held = keys_held(shared_stack)  # ps counts before it asks the workers (see below)
     shown = on_stack.invoke("ps")
     assert shown.returncode == 0, str(shown)
     header, *rows = shown.stdout.splitlines()
@@ -76,12 +87,6 @@ def test_ps_shows_use_and_limits_in_columns_that_parse(
     assert set(table) == {"redis", "llm-server"}, shown.stdout
     summary = re.search(r"^redis 7\.0\.\d+: \S+ used, (\d+) keys, \d+ ops/s", shown.stdout, re.M)
     assert summary, shown.stdout
-    # Every key Redis holds: the data, and kombu's routing table once `ps` asked the workers.
-    client = shared_stack.redis.client(db=0)
-    try:
-        held = sum(db["keys"] for name, db in client.info("keyspace").items() if name[:2] == "db")
-    finally:
-        client.close()
     assert int(summary[1]) == held, shown.stdout
     assert held - len(contents(shared_stack.redis)) <= 1, "only kombu's binding table is extra"
     assert re.search(r"^llm-server: \w+=", shown.stdout, re.M), shown.stdout
