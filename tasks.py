@@ -206,7 +206,7 @@ def doctor(c: Context, backend: str | None = None) -> None:
 
 @task(
     help={
-        "preset": "model from kcdev/models/presets.toml (default: gemma-3-270m; "
+        "preset": "model from kcdev/models/presets.toml (default: smollm2-135m-instruct; "
         "qwen2.5-0.5b-instruct for vllm)",
         "repo": "Hugging Face Hub repo OWNER/NAME: one --file for llamacpp, a snapshot for vllm",
         "file": "the GGUF file inside --repo",
@@ -236,7 +236,7 @@ def fetch_model(
     dry_run: bool = False,
     no_env: bool = False,
 ) -> None:
-    """Download a model (resumable, sha256-verified) and point .env at it; default: Gemma 3 270M."""
+    """Download a model (resumable, sha256-verified), point .env at it; default: SmolLM2 135M."""
     # Imported here: huggingface_hub adds ~0.25 s to every `invoke` command otherwise.
     from kcdev.models.fetch import ModelFetcher
     from kcdev.models.plan import FetchRequest
