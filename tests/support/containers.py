@@ -60,7 +60,9 @@ class RedisReady(WaitStrategy):
             try:
                 if self._loaded(container):
                     return
-            except (redis.RedisError, ConnectionError) as exc:  # ConnectionError: no port yet
+            # ConnectionError: no port yet; TimeoutError: testcontainers' own wait for the
+            # container to run, given up on a container that died at once (its log says why).
+            except (redis.RedisError, ConnectionError, TimeoutError) as exc:
                 last_error = exc
             container.reload()
             if container.status in ("exited", "dead"):

@@ -199,7 +199,9 @@ CASES = [
     Case(
         "secrets-masked-in-the-log-tail-of-a-failed-up",
         ("up", "--backend=llamacpp", "--timeout=120"),
-        ["llm-server exited while starting"],
+        # "exited while starting", or "crashed while starting and was restarted" when Docker's
+        # restart policy had it running again by the time `up` looked: both are the truth.
+        ["llm-server", "while starting"],
         arrange=log_that_carries_the_secrets,
         verify=tail_masked,
         # `up` removes the containers it started but never a data volume (checked above).
