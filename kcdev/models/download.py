@@ -152,7 +152,7 @@ class Downloader:
             )
 
         try:
-            with _SilenceWatch(self.say, self.notice_every, silence):
+            with _SilenceWatch(self.say, self.notice_every, self.stall_timeout, silence):
                 response = self.pool.request(
                     "GET", url, headers=dict(headers or {}), timeout=timeout
                 )
@@ -198,14 +198,18 @@ class Downloader:
 
 
 class _SilenceWatch:
-    """Says so when no byte has arrived for `every` seconds, and again every `every` seconds on.
+    """Says so when no byte has arrived for `every` seconds, and again every `every` seconds on,
+    until `limit`: the notice due at the limit itself would only race the give-up line after it.
 
     A thread of its own, because the transfer's own thread is blocked in the read it waits on.
     """
 
-    def __init__(self, say: Say, every: float, describe: Callable[[float], str]) -> None:
-        self.say, self.every, self.describe = say, every, describe
+    def __init__(
+        self, say: Say, every: float, limit: float, describe: Callable[[float], str]
+    ) -> None:
+        self.say, self.every, self.limit, self.describe = say, every, limit, describe
         self.last = self.next_notice = 0.0
+        self.lock = threading.Lock()  # `last` and `next_notice` change together
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._watch, daemon=True)
 
@@ -220,15 +224,19 @@ class _SilenceWatch:
 
     def heard(self) -> None:
         """Bytes arrived: the silence starts over."""
-        self.last = time.monotonic()
-        self.next_notice = self.last + self.every
+        with self.lock:
+            self.last = time.monotonic()
+            self.next_notice = self.last + self.every
 
     def _watch(self) -> None:
         while not self.stopped.wait(min(self.every / 4, 1.0)):
-            now = time.monotonic()
-            if now >= self.next_notice:
-                self.say(self.describe(now - self.last))
-                self.next_notice = now + self.every
+            with self.lock:
+                silence = self.next_notice - self.last
+                if time.monotonic() < self.next_notice:
+                    continue
+                self.next_notice += self.every
+            if silence < self.limit:  # said as the whole period: "for 10 s", not 10.3
+                self.say(self.describe(silence))
 
 
 class _Transfer:
@@ -309,8 +317,8 @@ class _Transfer:
             headers["Range"] = f"bytes={existing}-"
             if validator:
                 headers["If-Range"] = validator
-        every = self.downloader.notice_every
-        with _SilenceWatch(self.downloader.say, every, self._silence) as watch:
+        every, limit = self.downloader.notice_every, self.downloader.stall_timeout
+        with _SilenceWatch(self.downloader.say, every, limit, self._silence) as watch:
             response = self._request(headers)
             watch.heard()
             try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -217,6 +218,9 @@ def test_a_server_that_stops_sending_is_noticed_said_and_resumed(
     host = server.base_url.removeprefix("http://")
     notices = [line for line in said if line.startswith(f"model.gguf: nothing from {host} for ")]
     assert len(notices) >= 2  # every notice_every seconds while it is silent
+    # None at the limit itself: that one is the stall line's to say.
+    silences = [re.search(r" for ([\d.]+) s ", line)[1] for line in notices]  # type: ignore[index]
+    assert silences[:2] == ["0.2", "0.4"] and "0.6" not in silences, notices
     assert "(97.7 KiB of 293.0 KiB so far); resuming after 0.6 s of silence" in notices[0]
     assert any(
         line.startswith(f"model.gguf: stalled: nothing from {host} for 0.6 s; resuming from 97.7")
