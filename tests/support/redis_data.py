@@ -109,15 +109,20 @@ def contents(server: Any, dbs: tuple[int, ...] = (0, 1)) -> Contents:
             for key, kind in typed:
                 queue_read(pipe, key, kind)
                 pipe.execute_command("PEXPIRETIME", key)  # type: ignore[no-untyped-call]
-            replies = pipe.execute()
+            # A key that expires between its TYPE and its read fails that read (XINFO on no
+            # key is an error): judged by its expiry, read last, not by the error.
+            replies = pipe.execute(raise_on_error=False)
             at = 0
             for key, kind in typed:
                 n = reads(kind)
-                value = comparable(kind, replies[at : at + n])
-                expiry = int(replies[at + n])
+                read, expiry = replies[at : at + n], replies[at + n]
                 at += n + 1
-                if expiry != -2:  # -2: expired between SCAN and here
-                    found[(db, key)] = (kind, value, expiry)
+                if expiry == -2:  # expired between SCAN and here
+                    continue
+                for reply in (*read, expiry):
+                    if isinstance(reply, Exception):
+                        raise reply
+                found[(db, key)] = (kind, comparable(kind, read), int(expiry))
         finally:
             client.close()
     return found
