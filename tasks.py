@@ -290,6 +290,7 @@ def restore_redis(
 ) -> None:
     """Replace Redis' data with a verified RDB file; takes a safety backup first, keeps AOF on."""
     from kcdev.backup import restore, store
+    from kcdev.backup.incoming import verify_file
     from kcdev.backup.recovery import settle
     from kcdev.backup.redis_target import target_from_project
 
@@ -297,10 +298,11 @@ def restore_redis(
         raise UserError("pass exactly one of --file=PATH or --latest")
     folder = Path(backups_dir) if backups_dir else store.DEFAULT_DIR
     path = Path(file) if file else store.latest(folder)
+    incoming = verify_file(path.expanduser().absolute())  # a mistyped path is told before Redis
     project = _project("none")
     settle(project, say)  # an earlier restore cut short is finished or rolled back first
     target = target_from_project(project)
-    found = restore.restore(target, path, yes, backups_dir=folder, say=say)
+    found = restore.restore(target, incoming, yes, backups_dir=folder, say=say)
     counts = ", ".join(f"db{n} {db.keys} keys" for n, db in sorted(found.items()))
     say(f"restored {path.name}: {counts or 'no keys'}")
 

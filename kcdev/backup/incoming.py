@@ -104,6 +104,10 @@ class Incoming:
 
 def verify_file(file: Path) -> Incoming:
     """What can be known about the file on its own, before asking Redis; one line if it is bad."""
+    if file.is_dir():
+        raise UserError(
+            f"{file} is a folder: pass a backup file in it (`invoke backups --folder={file}`)"
+        )
     if not file.is_file():
         raise UserError(f"no backup file {file}: see `invoke backups`")
     if file.stat().st_size == 0:

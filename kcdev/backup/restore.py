@@ -159,7 +159,7 @@ class Restorer:
 
 def restore(
     target: RedisTarget,
-    file: Path,
+    file: Path | Incoming,
     yes: bool = False,
     *,
     backups_dir: Path = store.DEFAULT_DIR,
@@ -168,9 +168,13 @@ def restore(
     say: Say = print,
     ask: Callable[[str], None] = confirm,
 ) -> Keyspace:
-    """Replace Redis' data with an RDB file; returns the keys per database after it."""
+    """Replace Redis' data with an RDB file; returns the keys per database after it.
+
+    `file` may be verified already (`verify_file`): a caller that checks the file before it
+    looks for Redis tells a mistyped path first, and the file is not hashed twice.
+    """
     docker = docker or Docker()
-    incoming = verify_file(file.expanduser().absolute())
+    incoming = file if isinstance(file, Incoming) else verify_file(file.expanduser().absolute())
     client = connect(target)
     try:
         redis_version = str(client.info("server")["redis_version"])

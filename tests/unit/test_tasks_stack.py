@@ -470,6 +470,38 @@ def test_logs_bad_input_fails_before_docker(
     assert runner.calls == []
 
 
+# --- restore-redis ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "error"),
+    [
+        ("missing.rdb", "error: no backup file {path}: see `invoke backups`\n"),
+        (
+            ".",
+            "error: {path} is a folder: pass a backup file in it "
+            "(`invoke backups --folder={path}`)\n",
+        ),
+    ],
+    ids=["missing", "folder"],
+)
+def test_restore_tells_a_mistyped_file_before_it_looks_for_redis(
+    tasks: ModuleType,
+    runner: ScriptedRunner,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    name: str,
+    error: str,
+) -> None:
+    """Before: a wrong path with the stack down said "Redis is not running", and once it was
+    started, that the file was missing."""
+    path = (tmp_path / name).absolute()
+    exits(functools.partial(tasks.restore_redis, Context(), file=str(tmp_path / name), yes=True))
+
+    assert capsys.readouterr().err == error.format(path=path)
+    assert runner.calls == []
+
+
 # --- restart ---------------------------------------------------------------------------------
 
 

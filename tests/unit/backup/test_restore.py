@@ -124,13 +124,14 @@ def test_verify_file_accepts_an_rdb_file_from_elsewhere(tmp_path: Path) -> None:
     ("prepare", "message"),
     [
         (lambda p: p.unlink(), "no backup file"),
+        (lambda p: (p.unlink(), p.mkdir()), "is a folder: pass a backup file in it"),
         (lambda p: p.write_bytes(b""), "is empty"),
         (lambda p: p.write_bytes(b"PK\x03\x04zip"), "is not a Redis RDB file"),
         (lambda p: p.write_bytes(b"REDIS0010resT"), "does not match its manifest"),
         (lambda p: p.write_bytes(b"REDIS0010re"), "does not match its manifest"),
         (lambda p: store.manifest_path(p).write_text("{"), "manifest .* is unreadable"),
     ],
-    ids=["missing", "empty", "foreign", "changed", "truncated", "bad-manifest"],
+    ids=["missing", "folder", "empty", "foreign", "changed", "truncated", "bad-manifest"],
 )
 def test_verify_file_refuses_bad_files_in_one_line(
     tmp_path: Path, prepare: object, message: str
