@@ -16,6 +16,7 @@ from kcdev.console import confirm, number, one_line_errors, say, table
 from kcdev.errors import UserError
 from kcdev.settings import load_settings
 from kcdev.stack import images, lifecycle
+from kcdev.stack.changing import changing
 from kcdev.stack.compose import ComposeProject, check_backend
 from kcdev.stack.docker_cli import Docker
 
@@ -95,23 +96,26 @@ def up(
     # exited service back and never removes a running LLM server unasked.
     if join:
         topology.join(Path(join), load_settings(), say)
-    project = _project(backend, running=True, workers=count, monitor=monitor)
-    if project.topology.node and not join:  # the central may have moved or changed since
-        topology.check_central(node.joined(Path(project.settings.cluster_dir)))
-    project = topology.ensure_flower_password(project, say=say)
-    configured = project.settings.llm_backend
-    if backend is None and project.backend != configured:
-        effect = "remove" if configured == "none" else "replace"
-        say(
-            f"keeping backend {project.backend} of the existing stack (LLM_BACKEND={configured}): "
-            f"`invoke up --backend={configured}` would {effect} its LLM server"
+    with changing(load_settings().compose_project_name, say):
+        # What runs is looked at only now: the `up` waited for may have changed it.
+        project = _project(backend, running=True, workers=count, monitor=monitor)
+        if project.topology.node and not join:  # the central may have moved or changed since
+            topology.check_central(node.joined(Path(project.settings.cluster_dir)))
+        project = topology.ensure_flower_password(project, say=say)
+        configured = project.settings.llm_backend
+        if backend is None and project.backend != configured:
+            effect = "remove" if configured == "none" else "replace"
+            say(
+                f"keeping backend {project.backend} of the existing stack "
+                f"(LLM_BACKEND={configured}): `invoke up --backend={configured}` would {effect} "
+                "its LLM server"
+            )
+        if not project.topology.node:  # a restore cut short is finished or rolled back first
+            settle(project, say)
+        checks = [c for c in (topology.workers_check(project), topology.flower_check(project)) if c]
+        took = lifecycle.up(
+            project, timeout=wait, keep_on_failure=keep_on_failure, say=say, extra_checks=checks
         )
-    if not project.topology.node:  # a restore cut short is finished or rolled back first
-        settle(project, say)
-    checks = [c for c in (topology.workers_check(project), topology.flower_check(project)) if c]
-    took = lifecycle.up(
-        project, timeout=wait, keep_on_failure=keep_on_failure, say=say, extra_checks=checks
-    )
     for line in topology.endpoints(project):
         say(line)
     say(f"ready in {took:.1f} s; stop with `invoke down`")
@@ -125,7 +129,8 @@ def down(c: Context, volumes: bool = False, yes: bool = False) -> None:
         name = load_settings().compose_project_name
         confirm(f"Delete the Redis data volume of project {name!r}? This cannot be undone.")
     project = _project("none")
-    lifecycle.down(project, volumes=volumes)
+    with changing(project.name, say):
+        lifecycle.down(project, volumes=volumes)
     say(f"stack {project.name} is down" + (" and its volumes deleted" if volumes else ""))
 
 
@@ -183,8 +188,9 @@ def restart(c: Context, service: str | None = None, timeout: str = "600") -> Non
     """Restart the stack or one service and wait until it serves again."""
     lifecycle.check_service(service)
     wait = number("timeout", timeout, minimum=1)
-    project = _project(running=True)
-    took = lifecycle.restart(project, service, timeout=wait, say=say)
+    with changing(load_settings().compose_project_name, say):
+        project = _project(running=True)
+        took = lifecycle.restart(project, service, timeout=wait, say=say)
     say(f"{service or 'stack'} ready again in {took:.1f} s")
 
 
@@ -300,9 +306,10 @@ def restore_redis(
     path = Path(file) if file else store.latest(folder)
     incoming = verify_file(path.expanduser().absolute())  # a mistyped path is told before Redis
     project = _project("none")
-    settle(project, say)  # an earlier restore cut short is finished or rolled back first
-    target = target_from_project(project)
-    found = restore.restore(target, incoming, yes, backups_dir=folder, say=say)
+    with changing(project.name, say):
+        settle(project, say)  # an earlier restore cut short is finished or rolled back first
+        target = target_from_project(project)
+        found = restore.restore(target, incoming, yes, backups_dir=folder, say=say)
     counts = ", ".join(f"db{n} {db.keys} keys" for n, db in sorted(found.items()))
     say(f"restored {path.name}: {counts or 'no keys'}")
 

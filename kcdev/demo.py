@@ -19,6 +19,7 @@ from kcdev.console import Say
 from kcdev.errors import UserError
 from kcdev.settings import Settings, load_settings
 from kcdev.stack import lifecycle, preflight
+from kcdev.stack.changing import changing
 from kcdev.stack.compose import ComposeProject
 from kcdev.stack.docker_cli import Docker
 
@@ -90,7 +91,8 @@ def run(say: Say, timeout: float) -> None:
     docker = Docker()
     docker.ensure_daemon()
     project = ComposeProject(settings, "llamacpp", docker)
-    took = lifecycle.up(project, timeout=timeout, say=say)
+    with changing(project.name, say):
+        took = lifecycle.up(project, timeout=timeout, say=say)
     say(f"demo: stack ready in {took:.1f} s (model {settings.served_model('llamacpp')})")
     say(f"demo: {chat_template.describe_configured(settings, 'llamacpp')}")
     worker = start_worker(settings, say)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from kcdev.paths import ROOT
 from tests.support.stack import StackUnderTest, isolated_stack
 
 pytestmark = pytest.mark.integration
@@ -200,3 +202,29 @@ def test_restart_without_a_stack_fails_at_once(
             f"error: stack {stack.project} is not running: start it with `invoke up`"
         )
         assert time.monotonic() - began < 30
+
+
+def test_three_ups_at_once_each_wait_their_turn_and_all_succeed(
+    stack_images: dict[str, str], tmp_path: Path
+) -> None:
+    """Before, the second of two `invoke up` started together failed on compose's "container name
+    already in use" (exit 1)."""
+    with isolated_stack(tmp_path, "absent.gguf") as stack:
+        command = [sys.executable, "-m", "invoke", "up", "--backend=none", "--timeout=120"]
+
+        def start() -> subprocess.Popen[str]:
+            return subprocess.Popen(
+                command, cwd=ROOT, env=stack.env, text=True,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )  # fmt: skip
+
+        running = [start() for _ in range(3)]
+        outputs = [process.communicate(timeout=300) for process in running]
+
+        assert [process.returncode for process in running] == [0, 0, 0], outputs
+        waited = [
+            out for out, _ in outputs
+            if f"another up, down, restart or restore of stack {stack.project} is running" in out
+        ]  # fmt: skip
+        assert len(waited) == 2, outputs  # the first `up` never waits; the others did
+        assert stack.containers() == [f"{stack.project}-redis-1"]
