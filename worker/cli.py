@@ -7,6 +7,7 @@ so a malformed `.env` cannot break `invoke --list`.
 
 from __future__ import annotations
 
+import codecs
 import sys
 import time
 from collections.abc import Callable
@@ -72,11 +73,10 @@ def task_call(task: str, prompt: str, file: Path | None) -> tuple[str, dict[str,
     text = prompt
     if file is not None:
         if task == "summarize" and prompt.strip():
-            raise UserError('summarize reads its document from PROMPT or --file, not both: give ""')
-        try:
-            text = file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"cannot read {file}: {exc}") from None
+            raise UserError(
+                'summarize reads its document from PROMPT or --file, not both: give "" as PROMPT'
+            )
+        text = read_document(file)
         if prompt.strip():
             text = f"{prompt}\n\n{text}"
     if not text.strip():
@@ -86,6 +86,31 @@ def task_call(task: str, prompt: str, file: Path | None) -> tuple[str, dict[str,
     if task == "chat":
         return "worker.tasks.chat", {"messages": [{"role": "user", "content": text}]}
     return "worker.tasks.summarize", {"document": text}
+
+
+def read_document(file: Path) -> str:
+    """A text file as people have them: UTF-8 with or without a BOM, or UTF-16 with its BOM (what
+    Windows editors save as "Unicode"); anything else is refused in one line, not guessed at."""
+    try:
+        data = file.read_bytes()
+    except IsADirectoryError:
+        raise UserError(f"{file} is a folder: pass a text file") from None
+    except FileNotFoundError:
+        raise UserError(f"no file {file}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {file}: {exc.strerror or exc}") from None
+    encoding = "utf-16" if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else None
+    try:
+        text = data.decode(encoding or "utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"{file} is not {encoding or 'UTF-8'} text (byte 0x{data[exc.start]:02x} at offset "
+            f"{exc.start}): save it as UTF-8 text; a PDF or office file needs its text "
+            "extracted first"
+        ) from None
+    if "\0" in text:
+        raise UserError(f"{file} holds NUL characters: it is binary, not text")
+    return text
 
 
 def ask(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import sys
 from pathlib import Path
 
@@ -80,9 +81,44 @@ def test_summarize_takes_its_document_from_one_place(tmp_path: Path) -> None:
         task_call("summarize", "Summarize this", file)
 
 
-def test_a_missing_file_is_a_one_line_error(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match=r"cannot read .*absent\.md"):
-        task_call("summarize", "", tmp_path / "absent.md")
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, r"^no file .*absent\.md$"),
+        ("folder", r" is a folder: pass a text file$"),
+        (b"%PDF-1.7\n\xe2\xe3\xcf\xd3\n", r"is not UTF-8 text \(byte 0xe2 at offset 9\): save it "),
+        (b"\xff\xfeA\x00\x00\xd8", r"is not utf-16 text \(byte 0x00 at offset 4\)"),
+        (b"PK\x03\x04\x00\x00", r"holds NUL characters: it is binary, not text$"),
+    ],
+    ids=["missing", "folder", "pdf", "broken-utf-16", "zip"],
+)
+def test_a_file_that_is_not_text_is_a_one_line_error(
+    tmp_path: Path, content: bytes | str | None, message: str
+) -> None:
+    file = tmp_path / "absent.md"
+    if content == "folder":
+        file.mkdir()
+    elif isinstance(content, bytes):
+        file.write_bytes(content)
+    with pytest.raises(UserError, match=message) as caught:
+        task_call("summarize", "", file)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "encoded",
+    [
+        "Caf\u00e9 au lait.".encode(),
+        codecs.BOM_UTF8 + "Caf\u00e9 au lait.".encode(),
+        "Caf\u00e9 au lait.".encode("utf-16"),  # with its BOM, as Windows editors save it
+        codecs.BOM_UTF16_BE + "Caf\u00e9 au lait.".encode("utf-16-be"),
+    ],
+    ids=["utf-8", "utf-8-bom", "utf-16", "utf-16-be"],
+)
+def test_text_files_as_people_save_them_are_read(tmp_path: Path, encoded: bytes) -> None:
+    file = tmp_path / "doc.txt"
+    file.write_bytes(encoded)
+    assert task_call("summarize", "", file)[1] == {"document": "Caf\u00e9 au lait."}
 
 
 def test_a_timeout_must_be_positive() -> None:
