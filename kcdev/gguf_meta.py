@@ -11,6 +11,7 @@ values it does not want by their length: milliseconds for the same files.
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 from typing import BinaryIO
@@ -47,12 +48,13 @@ def _find(f: BinaryIO, key: str) -> str | None:
     if keys > MAX_KEYS:
         raise GGUFError(f"the GGUF header claims {keys} metadata keys")
     wanted = key.encode()
+    end = os.fstat(f.fileno()).st_size
     for _ in range(keys):
         name = _string(f)
         (kind,) = _unpack(f, "<I")
         if name == wanted:
             return _string(f).decode("utf-8", "replace") if kind == STRING else None
-        _skip(f, kind)
+        _skip(f, kind, end)
     return None
 
 
@@ -74,18 +76,26 @@ def _string(f: BinaryIO) -> bytes:
     return data
 
 
-def _skip(f: BinaryIO, kind: int) -> None:
+def _skip(f: BinaryIO, kind: int, end: int) -> None:
     if kind in FIXED:
-        f.seek(FIXED[kind], 1)
+        _forward(f, FIXED[kind], end)
     elif kind == STRING:
         (length,) = _unpack(f, "<Q")
-        f.seek(length, 1)
+        _forward(f, length, end)
     elif kind == ARRAY:
         item, count = _unpack(f, "<IQ")
         if item in FIXED:
-            f.seek(FIXED[item] * count, 1)
+            _forward(f, FIXED[item] * count, end)
         else:
             for _ in range(count):
-                _skip(f, item)
+                _skip(f, item, end)
     else:
         raise GGUFError(f"unknown GGUF value type {kind}")
+
+
+def _forward(f: BinaryIO, length: int, end: int) -> None:
+    """Skip `length` bytes that the file, `end` bytes long, must hold: a damaged length (2**64 - 1
+    fits the field) is the header ending early, not an OSError or an overflow from seek()."""
+    if f.tell() + length > end:
+        raise struct.error("short read")
+    f.seek(length, 1)

@@ -52,7 +52,12 @@ def test_the_vocabulary_is_skipped_not_parsed(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("data", "problem"),
     [(b"NOPE" + b"\0" * 20, "not a GGUF file"), (b"GGUF" + struct.pack("<I", 3), "ends early"),
-     (b"GGUF" + struct.pack("<IQQ", 1, 0, 0), "too old")],
+     (b"GGUF" + struct.pack("<IQQ", 1, 0, 0), "too old"),
+     # Damaged lengths (found by mutating a real header: OSError and OverflowError before)
+     (b"GGUF" + struct.pack("<IQQ", 3, 0, 2) + struct.pack("<Q", 1) + b"k"
+      + struct.pack("<IQ", 8, 2**64 - 1), "ends early"),
+     (b"GGUF" + struct.pack("<IQQ", 3, 0, 2) + struct.pack("<Q", 1) + b"k"
+      + struct.pack("<IIQ", 9, 10, 2**62), "ends early")],
 )  # fmt: skip
 def test_what_is_not_a_gguf_file_is_one_error(tmp_path: Path, data: bytes, problem: str) -> None:
     path = tmp_path / "x.gguf"
