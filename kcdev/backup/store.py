@@ -57,17 +57,35 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
+        """The manifest in `text`; ValueError for anything but a manifest this tool wrote, down
+        to each field's type (an edited or foreign file must not become a traceback later)."""
         data = json.loads(text)
-        if data.pop("format", None) != MANIFEST_FORMAT:
+        if not isinstance(data, dict) or data.pop("format", None) != MANIFEST_FORMAT:
             raise ValueError("unknown manifest format")
+        databases = data.get("databases")
+        if not isinstance(databases, dict) or not all(
+            isinstance(db, dict) and _whole(db.get("keys")) and _whole(db.get("expires"))
+            for db in databases.values()
+        ):
+            raise ValueError("malformed databases")
         data["databases"] = {
-            int(n): DbKeys(int(db["keys"]), int(db["expires"]))
-            for n, db in data["databases"].items()
+            int(n): DbKeys(db["keys"], db["expires"]) for n, db in databases.items()
         }
         manifest = cls(**data)
+        texts = (manifest.kind, manifest.file, manifest.created, manifest.sha256,
+                 manifest.redis_version, manifest.source)  # fmt: skip
+        if not all(isinstance(t, str) for t in texts) or not (
+            _whole(manifest.size) and _whole(manifest.rdb_version)
+        ):
+            raise ValueError("a field of the wrong type")
         if manifest.kind not in KINDS or not re.fullmatch(r"[0-9a-f]{64}", manifest.sha256):
             raise ValueError("unexpected kind or sha256")
         return manifest
+
+
+def _whole(value: object) -> bool:
+    """A count as JSON holds one: an integer, not a bool, not negative."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def backup_name(when: datetime, kind: str) -> str:

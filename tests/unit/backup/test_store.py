@@ -117,12 +117,35 @@ def test_read_manifest_missing_is_one_line(tmp_path: Path) -> None:
     assert "\n" not in str(caught.value)
 
 
-def test_read_manifest_unreadable_is_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{not json", "null", "[]", '"text"', "7",
+        # Before, these were AttributeError tracebacks (`invoke backups`, `restore-redis`):
+        '{"format": 1, "databases": null}', '{"format": 1, "databases": [1]}',
+        '{"format": 1, "databases": {"0": {"keys": true, "expires": 0}}}',
+    ],
+)  # fmt: skip
+def test_read_manifest_unreadable_is_one_line(tmp_path: Path, text: str) -> None:
     rdb = tmp_path / "redis-x.rdb"
     rdb.write_bytes(b"REDIS0010")
-    store.manifest_path(rdb).write_text("{not json")
-    with pytest.raises(UserError, match="is unreadable"):
+    store.manifest_path(rdb).write_text(text)
+    with pytest.raises(UserError, match="is unreadable") as caught:
         store.read_manifest(rdb)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("size", "59"), ("size", -1), ("size", True), ("rdb_version", 1.5), ("created", 5),
+     ("file", None), ("source", []), ("redis_version", {}), ("kind", None)],
+)  # fmt: skip
+def test_a_field_of_the_wrong_type_is_refused(tmp_path: Path, field: str, value: object) -> None:
+    rdb = tmp_path / "redis-x.rdb"
+    rdb.write_bytes(b"REDIS0010")
+    data = json.loads(manifest_for(rdb).to_json()) | {field: value}
+    with pytest.raises(ValueError):
+        store.Manifest.from_json(json.dumps(data))
 
 
 def test_mismatch_finds_size_content_and_missing_file(tmp_path: Path) -> None:
