@@ -312,6 +312,8 @@ class _Transfer:
             self.partial.discard()
             existing = 0
         validator = self.partial.read_meta().get("validator") if existing else None
+        if not isinstance(validator, str):  # an edited sidecar: resume without If-Range
+            validator = None
         headers = {"Accept-Encoding": "identity", **self.headers}  # bytes as stored: no gzip
         if existing:
             headers["Range"] = f"bytes={existing}-"

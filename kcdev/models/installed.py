@@ -87,7 +87,9 @@ def _update(directory: Path, name: str, entry: dict[str, Any]) -> None:
         os.replace(tmp, manifest_path(directory))
 
 
-def _unchanged(path: Path, entry: dict[str, Any]) -> bool:
+def _unchanged(path: Path, entry: object) -> bool:
+    if not isinstance(entry, dict):  # a hand-edited manifest: unverified, never a traceback
+        return False
     try:
         stat = path.stat()
     except OSError:
@@ -114,7 +116,9 @@ def folder_is_verified(directory: Path, name: str, repo: str, revision: str | No
         return False
     if revision is not None and entry.get("revision") != revision:
         return False
-    files = entry.get("files") or {}
+    files = entry.get("files")
+    if not isinstance(files, dict):
+        return False
     return bool(files) and all(_unchanged(directory / name / p, e) for p, e in files.items())
 
 
