@@ -17,9 +17,22 @@ from typing import Any, Protocol
 import pytest
 
 from kcdev.settings import Settings, load_settings
+from kcdev.stack import changing
 from kcdev.stack.docker_cli import Docker
 
 Result = tuple[int, str, str]  # (returncode, stdout, stderr)
+
+
+@pytest.fixture(autouse=True)
+def own_stack_locks(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Stack locks (kcdev/stack/changing.py) in a folder of each test's own: tests that run `up`
+    side by side (pytest-xdist), or beside the developer's real `invoke up`, never wait for one
+    another (they did, and a waiting line broke an exact-output assertion)."""
+    folder = tmp_path_factory.mktemp("locks")
+    monkeypatch.setattr(changing, "lock_dir", lambda: folder)
+    return folder
 
 
 @dataclass

@@ -13,9 +13,14 @@ import pytest
 from kcdev.errors import UserError
 from kcdev.stack import changing
 
+REAL_LOCK_DIR = changing.lock_dir  # tests/unit/conftest.py points every other test elsewhere
+
 
 @pytest.fixture(autouse=True)
-def own_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def own_tmp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, own_stack_locks: Path
+) -> Iterator[Path]:
+    monkeypatch.setattr(changing, "lock_dir", REAL_LOCK_DIR)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     yield tmp_path
 
