@@ -99,14 +99,14 @@ def read_document(file: Path) -> str:
         raise UserError(f"no file {file}") from None
     except OSError as exc:
         raise UserError(f"cannot read {file}: {exc.strerror or exc}") from None
-    encoding = "utf-16" if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else None
+    utf16 = data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
     try:
-        text = data.decode(encoding or "utf-8-sig")
+        text = data.decode("utf-16" if utf16 else "utf-8-sig")
     except UnicodeDecodeError as exc:
+        kind = "UTF-16" if utf16 else "UTF-8"
         raise UserError(
-            f"{file} is not {encoding or 'UTF-8'} text (byte 0x{data[exc.start]:02x} at offset "
-            f"{exc.start}): save it as UTF-8 text; a PDF or office file needs its text "
-            "extracted first"
+            f"{file} is not {kind} text (byte 0x{data[exc.start]:02x} at offset {exc.start}): "
+            "save it as UTF-8 text; a PDF or office file needs its text extracted first"
         ) from None
     if "\0" in text:
         raise UserError(f"{file} holds NUL characters: it is binary, not text")

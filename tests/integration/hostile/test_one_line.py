@@ -398,13 +398,19 @@ CASES = [
     Case(
         "ask-a-file-that-is-missing",
         lambda ctx: ["ask", "", "--file", str(ctx.scratch / "absent.md")],
-        ["cannot read", "absent.md"],
+        ["no file", "absent.md"],
     ),
     Case(
         "ask-a-file-that-is-not-text",
         lambda ctx: ["ask", "", "--task=summarize", "--file", str(ctx.scratch / "doc.md")],
-        ["cannot read", "doc.md", "utf-8"],
+        ["doc.md is not UTF-16 text (byte 0x79 at offset 8)", "save it as UTF-8 text"],
         arrange=lambda ctx: (ctx.scratch / "doc.md").write_bytes(b"\xff\xfe\x00binary"),
+    ),
+    Case(
+        "ask-a-pdf",
+        lambda ctx: ["ask", "", "--task=summarize", "--file", str(ctx.scratch / "doc.pdf")],
+        ["doc.pdf is not UTF-8 text", "a PDF or office file needs its text extracted first"],
+        arrange=lambda ctx: (ctx.scratch / "doc.pdf").write_bytes(b"%PDF-1.7\n\xe2\xe3\xcf\xd3\n"),
     ),
     # --- up refused before anything starts -----------------------------------------------------
     Case(
@@ -555,7 +561,7 @@ RESTORES = [
     Case(
         "restore-file-is-a-folder",
         lambda ctx: ["restore-redis", f"--file={ctx.scratch}", "--yes"],
-        ["no backup file", "see `invoke backups`"],
+        ["is a folder: pass a backup file in it", "(`invoke backups --folder="],
     ),
     Case(
         "restore-latest-without-backups",

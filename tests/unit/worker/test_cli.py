@@ -87,7 +87,7 @@ def test_summarize_takes_its_document_from_one_place(tmp_path: Path) -> None:
         (None, r"^no file .*absent\.md$"),
         ("folder", r" is a folder: pass a text file$"),
         (b"%PDF-1.7\n\xe2\xe3\xcf\xd3\n", r"is not UTF-8 text \(byte 0xe2 at offset 9\): save it "),
-        (b"\xff\xfeA\x00\x00\xd8", r"is not utf-16 text \(byte 0x00 at offset 4\)"),
+        (b"\xff\xfeA\x00\x00\xd8", r"is not UTF-16 text \(byte 0x00 at offset 4\)"),
         (b"PK\x03\x04\x00\x00", r"holds NUL characters: it is binary, not text$"),
     ],
     ids=["missing", "folder", "pdf", "broken-utf-16", "zip"],
