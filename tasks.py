@@ -96,6 +96,8 @@ def up(
     # exited service back and never removes a running LLM server unasked.
     if join:
         topology.join(Path(join), load_settings(), say)
+    if backend:
+        check_backend(backend)  # a typo fails at once, not after waiting for another task
     with changing(load_settings().compose_project_name, say):
         # What runs is looked at only now: the `up` waited for may have changed it.
         project = _project(backend, running=True, workers=count, monitor=monitor)

@@ -16,6 +16,7 @@ from types import ModuleType
 from typing import ClassVar
 
 import pytest
+from filelock import FileLock
 from invoke.context import Context
 from invoke.exceptions import Exit
 
@@ -207,6 +208,25 @@ def test_up_refuses_a_timeout_that_is_not_positive_before_docker(
     exits(functools.partial(tasks.up, Context(), timeout=timeout))
 
     assert capsys.readouterr().err == f"error: --timeout={timeout} must be at least 1\n"
+    assert runner.calls == []
+
+
+def test_up_refuses_a_mistyped_backend_without_waiting_for_another_task(
+    tasks: ModuleType,
+    runner: ScriptedRunner,
+    capsys: pytest.CaptureFixture[str],
+    settings: Settings,
+    own_stack_locks: Path,
+) -> None:
+    other = FileLock(own_stack_locks / f"{settings.compose_project_name}.lock")
+    other.acquire()  # another `up` of this stack is running
+    try:
+        exits(functools.partial(tasks.up, Context(), backend="llamcpp"))
+    finally:
+        other.release()
+
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", "error: unknown backend 'llamcpp': use one of llamacpp, vllm, none\n")
     assert runner.calls == []
 
 
