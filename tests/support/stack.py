@@ -63,12 +63,12 @@ class StackUnderTest:
         return sorted(result.stdout.split())
 
 
-@contextmanager
-def isolated_stack(model_dir: Path, model_file: str, **overrides: str) -> Iterator[StackUnderTest]:
+def stack_settings(model_dir: Path, model_file: str, project_prefix: str) -> dict[str, str]:
+    """The settings of a stack of its own: a unique project, free ports, fresh credentials and
+    a small context, serving `model_dir/model_file`."""
     port = free_port()
-    env = {
-        **os.environ,
-        "COMPOSE_PROJECT_NAME": f"kc-test-{secrets.token_hex(4)}",
+    return {
+        "COMPOSE_PROJECT_NAME": f"{project_prefix}-{secrets.token_hex(4)}",
         "REDIS_PORT": str(free_port()),
         "REDIS_PASSWORD": secrets.token_urlsafe(12),
         # Set, so that `up` never generates one into the repository's own .env.
@@ -79,8 +79,12 @@ def isolated_stack(model_dir: Path, model_file: str, **overrides: str) -> Iterat
         "MODEL_PATH": f"/models/{model_file}",
         "N_CTX": "512",
         "N_PARALLEL": "2",
-        **overrides,
     }
+
+
+@contextmanager
+def isolated_stack(model_dir: Path, model_file: str, **overrides: str) -> Iterator[StackUnderTest]:
+    env = {**os.environ, **stack_settings(model_dir, model_file, "kc-test"), **overrides}
     stack = StackUnderTest(env)
     try:
         yield stack

@@ -38,7 +38,7 @@ from tests.integration.hostile.harness import (
     error_line,
 )
 from tests.support.redis_data import write_keys
-from tests.support.stack import free_port
+from tests.support.stack import stack_settings
 
 SOURCE = Path(os.environ.get("KC_HOSTILE_SOURCE") or ROOT)
 
@@ -94,18 +94,8 @@ def shared_stack(
 ) -> Iterator[SharedStack]:
     """Redis (with keys of every type, some with a TTL, in two databases) and llama-server on
     the tiny model, with limits, in a compose project of its own."""
-    port = free_port()
     settings = {
-        "COMPOSE_PROJECT_NAME": f"kc-hostile-stack-{secrets.token_hex(4)}",
-        "REDIS_PORT": str(free_port()),
-        "REDIS_PASSWORD": secrets.token_urlsafe(16),
-        "LLM_API_KEY": secrets.token_urlsafe(24),
-        "PORT": str(port),
-        "LLM_SERVER_URL": f"http://127.0.0.1:{port}",
-        "GGUF_DIR": str(tiny_model.parent),
-        "MODEL_PATH": f"/models/{tiny_model.name}",
-        "N_CTX": "512",
-        "N_PARALLEL": "2",
+        **stack_settings(tiny_model.parent, tiny_model.name, "kc-hostile-stack"),
         "LLM_CPUS": "1",
         "LLM_MEMORY": "1g",
         "REDIS_CPUS": "0.5",

@@ -358,6 +358,19 @@ class Context:
         return value
 
 
+def setting(**values: str | None) -> Callable[[Context], None]:
+    """Settings of the case's own, through its environment (None: unset)."""
+
+    def arrange(ctx: Context) -> None:
+        for key, value in values.items():
+            if value is None:
+                ctx.ws.env.pop(key, None)
+            else:
+                ctx.ws.env[key] = value
+
+    return arrange
+
+
 def params(cases: Sequence[Case]) -> list[Any]:
     """The cases as pytest parameters, each with its id and marks."""
     ids = [case.id for case in cases]

@@ -33,26 +33,13 @@ from tests.integration.hostile.downloads import (
     server,
     used_and_stored_nowhere,
 )
-from tests.integration.hostile.harness import Case, Context, Result, params
+from tests.integration.hostile.harness import Case, Context, Result, params, setting
 from tests.support.http_server import Reply, Request, Resource
 from tests.support.redis_data import write_keys
 from tests.support.redis_target import FixedPortRedis
 from tests.support.unwritable import unwritable
 
 pytestmark = pytest.mark.integration
-
-
-def setting(**values: str | None) -> Callable[[Context], None]:
-    """Settings of the case's own, through its environment (None: unset)."""
-
-    def arrange(ctx: Context) -> None:
-        for key, value in values.items():
-            if value is None:
-                ctx.ws.env.pop(key, None)
-            else:
-                ctx.ws.env[key] = value
-
-    return arrange
 
 
 def both(*steps: Callable[[Context], object]) -> Callable[[Context], None]:

@@ -36,6 +36,7 @@ from tests.integration.hostile.harness import (
     docker,
     params,
     project_state,
+    setting,
 )
 
 pytestmark = pytest.mark.integration
@@ -69,11 +70,7 @@ def exposed(**settings: str | None) -> Callable[[Context], None]:
     def arrange(ctx: Context) -> None:
         ctx.ws.env_file.write_text("# mine\nLLM_BACKEND=llamacpp\n")
         (ctx.ws.gguf_dir / "model.gguf").write_bytes(MODEL)
-        for key, value in settings.items():
-            if value is None:
-                ctx.ws.env.pop(key, None)
-            else:
-                ctx.ws.env[key] = value
+        setting(**settings)(ctx)
 
     return arrange
 
